@@ -1,0 +1,37 @@
+# Everything runs from a project-local virtualenv that `make setup` creates (offline-safe once
+# the wheels are installed: nothing at run time reaches the Hugging Face hub).
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: setup demo test test-fast lab bench ceiling clean help
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(STAMP): requirements.txt pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "Python 3.11 is needed (torch==2.13.0 is pinned for it); set PYTHON=python3.11")'
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt -e .
+	touch $@
+
+setup: $(STAMP)  ## create .venv and install everything (once)
+
+demo: $(STAMP)  ## start deadline.py on the default model, query it, stop it
+	$(PY) -m servelab.demo
+
+test: $(STAMP)  ## the test suite (CPU, offline, about 5 minutes)
+	$(PY) -m pytest
+
+lab: $(STAMP)  ## open the walkthrough notebooks in JupyterLab
+	$(VENV)/bin/jupyter lab notebooks/
+
+ceiling: $(STAMP)  ## time the offline pipeline by batch size: the most any server can do
+	$(PY) -m servelab ceiling
+
+bench: $(STAMP)  ## one benchmark run; pass ARGS="--variant thread_offloaded --rate 50"
+	$(PY) -m servelab bench $(ARGS)
+
+clean:  ## remove the virtualenv and caches (keeps results/)
+	rm -rf $(VENV) .pytest_cache *.egg-info

@@ -1,0 +1,102 @@
+"""The command line every variant shares: `python server_variants/NAME.py --help`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from dataclasses import dataclass, fields
+
+import uvicorn
+
+from servelab.models import ModelLoadError
+from servelab.server import SHUTDOWN_GRACE_S, Server
+
+
+@dataclass
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    model: str | None = None
+    task: str | None = None
+    device: str = "auto"
+    online: bool = False
+    torch_threads: int | None = None
+    max_body_bytes: int = 64 * 1024
+    max_wait_ms: float | None = None
+    max_batch_size: int | None = None
+    max_queue: int | None = None
+    queue_timeout_ms: float | None = None
+    trace: str | None = None
+    log_level: str = "info"
+    access_log: bool = False
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    pass
+
+
+def build_parser(variant: str, doc: str, defaults: dict) -> argparse.ArgumentParser:
+    """`defaults` names the tunables this variant has and their values; others are absent."""
+    parser = argparse.ArgumentParser(prog=f"{variant}.py", description=doc, formatter_class=_HelpFormatter)
+    add = parser.add_argument
+    add("--host", default="127.0.0.1", help="address to listen on")
+    add("--port", type=int, default=8000, help="port to listen on")
+    add("--model", default=None, help="model folder or hub id (default: the packaged all-MiniLM-L6-v2, "
+        "served offline as sentence embeddings)")
+    add("--task", default=None, help="pipeline task, e.g. fill-mask; default: read from the model's config")
+    add("--device", default="auto", help="auto, cpu, cuda or cuda:N (auto: cuda when torch sees one)")
+    add("--online", action="store_true", help="allow downloading --model from the Hugging Face hub "
+        "(default: offline, only folders and the local cache)")
+    add("--torch-threads", type=int, default=None, help="torch intra-op threads (default: torch's own choice)")
+    add("--max-body-bytes", type=int, default=64 * 1024, help="larger bodies get 413 without being read whole")
+    if "max_wait_ms" in defaults:
+        add("--max-wait-ms", type=float, default=defaults["max_wait_ms"], help=defaults["max_wait_ms_help"])
+    if "max_batch_size" in defaults:
+        add("--max-batch-size", type=int, default=defaults["max_batch_size"],
+            help="a batch closes as soon as it holds this many requests")
+    breaker = parser.add_argument_group("circuit breaking (off when not given)")
+    breaker.add_argument("--max-queue", type=int, default=defaults.get("max_queue"),
+                         help="a request arriving while this many wait gets 503 at once, with Retry-After; "
+                         "counts waiting requests only, not the batch being computed")
+    breaker.add_argument("--queue-timeout-ms", type=float, default=defaults.get("queue_timeout_ms"),
+                         help="a request not started within this many ms gets 504 at that moment and is "
+                         "never computed; time in the running batch does not count")
+    add("--trace", default=None, metavar="FILE", help="append one JSON line per batch (times, size, close "
+        "reason, each request's arrival, start and answer) to FILE")
+    add("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    add("--access-log", action="store_true", help="log every request (costs CPU under load)")
+    return parser
+
+
+def parse_settings(variant: str, doc: str, defaults: dict, argv: list[str] | None = None) -> Settings:
+    args = build_parser(variant, doc, defaults).parse_args(argv)
+    names = {f.name for f in fields(Settings)}
+    return Settings(**{k: v for k, v in vars(args).items() if k in names})
+
+
+def main(variant: str, doc: str, defaults: dict, build_app, argv: list[str] | None = None) -> None:
+    """Parse the flags, load the model once, serve until SIGTERM or Ctrl-C."""
+    settings = parse_settings(variant, doc, defaults, argv)
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    server = Server(variant, settings)
+    try:
+        server.load_model()
+    except ModelLoadError as exc:
+        sys.exit(f"error: {exc}")
+    config = uvicorn.Config(build_app(server), host=settings.host, port=settings.port,
+                            log_level=settings.log_level, access_log=settings.access_log,
+                            timeout_graceful_shutdown=int(SHUTDOWN_GRACE_S) + 3)
+    DrainingServer(config, server).run()
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn's server, telling ours when shutdown starts so that queued requests drain."""
+
+    def __init__(self, config: uvicorn.Config, server: Server):
+        super().__init__(config)
+        self.app_server = server
+
+    async def shutdown(self, sockets=None):
+        self.app_server.begin_shutdown()
+        await super().shutdown(sockets)

@@ -1,0 +1,121 @@
+"""Jobs and the queue that feeds the model worker.
+
+A job is one accepted request: its input, its arrival time and a future that will hold its one
+answer. The queue is an asyncio.Queue of jobs with two additions the circuit breaker needs:
+a length limit (503 at once when full) and a per-job timer (504 at the timeout, even while the
+model is busy: a timer, not a check made at dequeue). A job that times out or whose client
+leaves stays in the underlying queue but is skipped when taken, so it is never computed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class QueueFull(Exception):
+    """No room: the request gets 503 at once."""
+
+
+class QueueTimeout(Exception):
+    """The job waited longer than --queue-timeout-ms without being started: 504."""
+
+
+class ServiceUnavailable(Exception):
+    """The server is shutting down, or its model loop has died: 503."""
+
+
+_ids = itertools.count(1)
+_id_prefix = os.urandom(3).hex()
+
+
+def new_request_id() -> str:
+    return f"{_id_prefix}-{next(_ids):07d}"
+
+
+@dataclass(eq=False)
+class Job:
+    text: str
+    future: asyncio.Future
+    arrived: float  # loop.time() when accepted
+    id: str = field(default_factory=new_request_id)
+    started: float | None = None  # when the model worker took it
+    answered: float | None = None
+    timer: asyncio.TimerHandle | None = None
+
+    @property
+    def waiting(self) -> bool:
+        return self.started is None and not self.future.done()
+
+
+class JobQueue:
+    """FIFO of jobs. `get`, `get_nowait`, `empty` and `qsize` behave like asyncio.Queue's."""
+
+    def __init__(self, max_queue: int | None = None, queue_timeout_s: float | None = None):
+        self.max_queue = max_queue
+        self.queue_timeout_s = queue_timeout_s
+        self._jobs: asyncio.Queue[Job] = asyncio.Queue()
+        self._waiting = 0  # jobs in _jobs still to be started: the breaker's signal
+
+    def qsize(self) -> int:
+        return self._waiting
+
+    def empty(self) -> bool:
+        return self._waiting == 0
+
+    def put(self, text: str) -> Job:
+        """Accept a job, or raise QueueFull when max_queue jobs are already waiting."""
+        if self.max_queue is not None and self._waiting >= self.max_queue:
+            raise QueueFull(f"{self._waiting} requests are already waiting")
+        loop = asyncio.get_running_loop()
+        job = Job(text, loop.create_future(), loop.time())
+        if self.queue_timeout_s is not None:
+            job.timer = loop.call_later(self.queue_timeout_s, self._expire, job)
+        self._waiting += 1
+        self._jobs.put_nowait(job)
+        return job
+
+    async def get(self) -> Job:
+        while True:
+            job = await self._jobs.get()
+            if job.waiting:
+                return self._start(job)
+
+    def get_nowait(self) -> Job:
+        while True:
+            job = self._jobs.get_nowait()  # raises asyncio.QueueEmpty
+            if job.waiting:
+                return self._start(job)
+
+    def drop(self, job: Job, outcome: BaseException) -> bool:
+        """Take a job out before it starts (timeout, client gone, shutdown). False if too late."""
+        if not job.waiting:
+            return False
+        self._waiting -= 1
+        if job.timer:
+            job.timer.cancel()
+        job.future.set_exception(outcome)
+        return True
+
+    def drop_all(self, outcome: BaseException) -> int:
+        dropped = 0
+        while True:
+            try:
+                job = self._jobs.get_nowait()
+            except asyncio.QueueEmpty:
+                return dropped
+            dropped += self.drop(job, outcome)
+
+    def _start(self, job: Job) -> Job:
+        self._waiting -= 1
+        if job.timer:
+            job.timer.cancel()
+        job.started = asyncio.get_running_loop().time()
+        return job
+
+    def _expire(self, job: Job) -> None:
+        waited_ms = (asyncio.get_running_loop().time() - job.arrived) * 1000
+        self.drop(job, QueueTimeout(f"waited {waited_ms:.0f} ms in the queue without being started"))

