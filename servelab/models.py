@@ -166,6 +166,8 @@ class LoadedModel:
         return outcomes
 
     def _call(self, texts: list[str]) -> list[Any]:
+        if len(texts) == 1:  # some pipelines (fill-mask) unwrap a one-item list: ask for one item
+            return [self.pipe(texts[0], **self.call_kwargs)]
         outputs = self.pipe(texts, batch_size=len(texts), **self.call_kwargs)
         if len(outputs) != len(texts):  # never hand one client another's answer
             raise RuntimeError(f"pipeline returned {len(outputs)} outputs for {len(texts)} inputs")

@@ -40,6 +40,7 @@ class ServerProcess:
         self.process = subprocess.Popen(
             command, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
             preexec_fn=preexec, env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
+        self.log.close()  # the child holds its own handle; we read the file by name
         try:
             self._wait_healthy(startup_timeout_s)
         except BaseException:

@@ -56,6 +56,7 @@ class Server:
         self.loop_task: asyncio.Task | None = None
         self.loop_error: str | None = None
         self.batch_count = 0
+        self.running_batch: list[Job] = []  # started, not yet answered: a dying loop must answer them
         self.mean_batch_size = 1.0
         self.mean_batch_seconds = 0.0
         self._trace = None
@@ -108,6 +109,9 @@ class Server:
         error = task.exception() if not task.cancelled() else None
         self.loop_error = f"model loop ended: {error!r}" if error else "model loop ended"
         log.error("%s; answering 503 from now on", self.loop_error, exc_info=error)
+        for job in self.running_batch:
+            if not job.future.done():
+                job.future.set_exception(ServiceUnavailable(self.loop_error))
         self.queue.drop_all(ServiceUnavailable(self.loop_error))
 
     async def _watch_loop_lag(self) -> None:
@@ -183,6 +187,7 @@ class Server:
         self.metrics.batch_size.observe(len(batch))
         for job in batch:
             self.metrics.queue_wait.observe(job.started - job.arrived)
+        self.running_batch = batch
         return BatchStart(asyncio.get_running_loop().time(), close_reason)
 
     def end_batch(self, batch: list[Job], outcomes: list[Any], start: BatchStart) -> None:
@@ -193,6 +198,7 @@ class Server:
         self.batch_count += 1
         self.mean_batch_size += 0.1 * (len(batch) - self.mean_batch_size)
         self.mean_batch_seconds += 0.1 * (compute - self.mean_batch_seconds)
+        self.running_batch = []
         for job, outcome in zip(batch, outcomes, strict=True):
             job.answered = now
             if job.future.done():  # its client left mid-batch

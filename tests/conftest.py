@@ -1,0 +1,73 @@
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import threading
+import time
+
+import httpx
+import pytest
+import uvicorn
+
+from servelab import cli
+from servelab.process import VARIANTS, VARIANTS_DIR, free_port
+from servelab.server import Server
+from tests.fakes import FakeModel
+
+
+def load_variant(name: str):
+    """Import server_variants/NAME.py (a script, not a package) as a module."""
+    spec = importlib.util.spec_from_file_location(f"variant_{name}", VARIANTS_DIR / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@contextlib.contextmanager
+def serve_in_thread(variant: str, args: list[str] = (), model=None):
+    """Run a variant in this process on a free port, with a fake model; yields (url, server)."""
+    module = load_variant(variant)
+    settings = cli.parse_settings(variant, module.__doc__, module.DEFAULTS, list(args))
+    server = Server(variant, settings, model or FakeModel())
+    port = free_port()
+    config = uvicorn.Config(module.build_app(server), host="127.0.0.1", port=port, log_level="warning",
+                            timeout_graceful_shutdown=3)
+    uv = uvicorn.Server(config)
+    thread = threading.Thread(target=uv.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 10
+    while not uv.started:
+        assert time.monotonic() < deadline, "in-thread server did not start"
+        time.sleep(0.01)
+    try:
+        yield url, server
+    finally:
+        uv.should_exit = True
+        thread.join(10)
+        assert not thread.is_alive(), "server thread did not stop"
+
+
+@pytest.fixture(params=VARIANTS)
+def variant(request) -> str:
+    return request.param
+
+
+@pytest.fixture(scope="session")
+def tiny_fill_mask_model(tmp_path_factory):
+    from servelab.models import build_tiny_fill_mask_model
+
+    return build_tiny_fill_mask_model(tmp_path_factory.mktemp("tiny-bert"))
+
+
+@pytest.fixture(scope="session")
+def default_model():
+    from servelab.models import load_model
+
+    return load_model()
+
+
+def post(url: str, body: bytes | str, **kwargs) -> httpx.Response:
+    if isinstance(body, str):
+        body = body.encode()
+    return httpx.post(url + "/", content=body, timeout=30, **kwargs)

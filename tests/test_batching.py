@@ -1,0 +1,98 @@
+"""Each variant's batch-forming policy, against the real queue, apart from HTTP."""
+
+import asyncio
+import time
+
+import pytest
+
+from servelab.jobs import JobQueue
+from tests.conftest import load_variant
+
+per_get_timeout = load_variant("per_get_timeout")
+deadline = load_variant("deadline")
+capped_batch = load_variant("capped_batch")
+thread_offloaded = load_variant("thread_offloaded")
+
+
+def trickle(queue: JobQueue, every_s: float, count: int) -> asyncio.Future:
+    """Put a job every every_s from another thread, as requests arriving from the network would.
+
+    (asyncio.sleep cannot pace this: the event loop's poll rounds its timeouts up to 1 ms.)
+    """
+    loop = asyncio.get_running_loop()
+
+    def produce():
+        for i in range(count):
+            loop.call_soon_threadsafe(queue.put, f"job {i}")
+            time.sleep(every_s)
+
+    return asyncio.ensure_future(asyncio.to_thread(produce))
+
+
+def test_per_get_timeout_keeps_the_first_request_waiting_under_a_trickle():
+    """The guide's flaw: a request every ~0.5 ms restarts the 1 ms wait again and again."""
+    async def main():
+        loop = asyncio.get_running_loop()
+        queue = JobQueue()
+        producer = trickle(queue, every_s=0.0005, count=100)
+        batch, reason = await per_get_timeout.collect_batch(queue, get_timeout_s=0.001)
+        waited = loop.time() - batch[0].started
+        await producer
+        return batch, reason, waited
+
+    batch, reason, waited = asyncio.run(main())
+    assert reason == "get_timeout"
+    assert waited > 0.02, f"first request waited only {waited * 1000:.1f} ms"
+    assert len(batch) > 20, "the batch should keep growing while the trickle lasts"
+
+
+@pytest.mark.parametrize("module", [deadline, capped_batch, thread_offloaded], ids=lambda m: m.VARIANT)
+def test_deadline_bounds_the_first_requests_wait_under_the_same_trickle(module):
+    async def main():
+        loop = asyncio.get_running_loop()
+        queue = JobQueue()
+        producer = trickle(queue, every_s=0.0005, count=100)
+        waits, taken = [], 0
+        while taken < 100:
+            args = (0.005, 1000) if module is not deadline else (0.005,)
+            batch, reason = await module.collect_batch(queue, *args)
+            waits.append(loop.time() - batch[0].started)
+            taken += len(batch)
+            assert reason == "deadline"
+        await producer
+        return waits
+
+    waits = asyncio.run(main())
+    assert len(waits) >= 3
+    assert max(waits) < 0.005 + 0.004, f"a first request waited {max(waits) * 1000:.1f} ms (max-wait 5 ms)"
+
+
+def test_deadline_takes_what_is_queued_at_once_and_drains_with_zero_wait():
+    async def main():
+        queue = JobQueue()
+        for i in range(10):
+            queue.put(str(i))
+        return await deadline.collect_batch(queue, 0.0)
+
+    batch, reason = asyncio.run(main())
+    assert [job.text for job in batch] == [str(i) for i in range(10)]
+    assert reason == "drained"
+
+
+@pytest.mark.parametrize("module", [capped_batch, thread_offloaded], ids=lambda m: m.VARIANT)
+def test_capped_batch_never_exceeds_the_cap_under_a_flood(module):
+    async def main():
+        queue = JobQueue()
+        for i in range(100):
+            queue.put(str(i))
+        results = []
+        while not queue.empty():
+            results.append(await module.collect_batch(queue, 0.005, 16))
+        return results
+
+    results = asyncio.run(main())
+    sizes = [len(batch) for batch, _ in results]
+    assert sizes == [16] * 6 + [4]
+    assert [reason for _, reason in results] == ["size_cap"] * 6 + ["deadline"]
+    order = [job.text for batch, _ in results for job in batch]
+    assert order == [str(i) for i in range(100)], "jobs must be taken in arrival order"

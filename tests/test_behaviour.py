@@ -1,0 +1,135 @@
+"""Each variant over HTTP with a fake model: answers go to their own callers, bad requests stay
+bad requests, a failing input fails alone, and a blocked event loop is visible."""
+
+import asyncio
+import time
+
+import httpx
+import pytest
+
+from tests.conftest import post, serve_in_thread
+from tests.fakes import FakeModel
+
+
+async def post_many(url: str, bodies: list[str], timeout: float = 30) -> list[httpx.Response]:
+    limits = httpx.Limits(max_connections=len(bodies))
+    async with httpx.AsyncClient(limits=limits, timeout=timeout) as client:
+        return await asyncio.gather(*(client.post(url + "/", content=b.encode()) for b in bodies))
+
+
+def test_every_caller_gets_its_own_answer(variant):
+    model = FakeModel(batch_seconds=0.005)
+    with serve_in_thread(variant, model=model) as (url, _):
+        bodies = [f"request {i}" for i in range(100)]
+        replies = asyncio.run(post_many(url, bodies))
+    assert [r.status_code for r in replies] == [200] * 100
+    assert [r.json() for r in replies] == [{"echo": b} for b in bodies]
+    assert sorted(model.seen) == sorted(bodies), "each input computed exactly once"
+
+
+def test_a_failing_input_fails_alone_and_the_loop_survives(variant):
+    model = FakeModel(batch_seconds=0.02)
+    with serve_in_thread(variant, model=model) as (url, _):
+        bodies = [f"ok {i}" for i in range(10)] + ["POISON"] + [f"ok {i}" for i in range(10, 20)]
+        replies = asyncio.run(post_many(url, bodies))
+        after = post(url, "still there?")
+    for body, reply in zip(bodies, replies):
+        if body == "POISON":
+            assert reply.status_code == 500
+            error = reply.json()
+            assert error["request_id"] and "ValueError" in error["error"]
+            assert "Traceback" not in reply.text
+        else:
+            assert reply.status_code == 200 and reply.json() == {"echo": body}
+    assert after.status_code == 200 and after.json() == {"echo": "still there?"}
+
+
+@pytest.mark.parametrize("body, content_type, status, words", [
+    (b"\xff\xfe not utf-8", None, 400, "UTF-8"),
+    (b"", None, 400, "empty"),
+    (b"  \n\t ", None, 400, "empty"),
+    (b'{"inputs": ', "application/json", 400, "malformed JSON"),
+    (b'{"text": "x"}', "application/json", 400, "inputs"),
+    (b"x" * (64 * 1024 + 1), None, 413, "limit"),
+])
+def test_bad_requests_get_a_clear_status_and_the_next_one_is_served(body, content_type, status, words):
+    headers = {"content-type": content_type} if content_type else {}
+    with serve_in_thread("deadline") as (url, _):
+        reply = httpx.post(url + "/", content=body, headers=headers, timeout=10)
+        good = post(url, "good")
+    assert reply.status_code == status
+    assert words in reply.json()["error"]
+    assert good.status_code == 200
+
+
+def test_a_chunked_body_over_the_limit_gets_413_without_being_read_whole():
+    def chunks():
+        for _ in range(1000):
+            yield b"x" * 1024
+
+    with serve_in_thread("deadline", ["--max-body-bytes", "4096"]) as (url, _):
+        reply = httpx.post(url + "/", content=chunks(), timeout=10)
+    assert reply.status_code == 413
+
+
+def test_json_body_is_accepted():
+    with serve_in_thread("deadline") as (url, _):
+        reply = httpx.post(url + "/", json={"inputs": "hello"}, timeout=10)
+    assert reply.status_code == 200 and reply.json() == {"echo": "hello"}
+
+
+def test_capped_batch_holds_its_cap_under_a_flood_over_http():
+    model = FakeModel(batch_seconds=0.01)
+    with serve_in_thread("capped_batch", ["--max-batch-size", "8"], model=model) as (url, _):
+        replies = asyncio.run(post_many(url, [f"r{i}" for i in range(120)]))
+    assert all(r.status_code == 200 for r in replies)
+    assert max(model.sizes) <= 8
+    assert max(model.sizes) == 8, "a flood should fill batches to the cap"
+
+
+def test_when_the_model_loop_dies_health_and_requests_answer_503_at_once():
+    with serve_in_thread("deadline", model=FakeModel(crash=True)) as (url, _):
+        first = post(url, "kills the loop")
+        health = httpx.get(url + "/health")
+        start = time.monotonic()
+        later = post(url, "after")
+        elapsed = time.monotonic() - start
+    assert first.status_code == 503 and "model loop ended" in first.json()["error"]
+    assert health.status_code == 503
+    assert later.status_code == 503 and elapsed < 1
+
+
+def health_latency_during_a_long_batch(variant: str) -> float:
+    """Seconds /health takes to answer while the model computes a 500 ms batch."""
+    with serve_in_thread(variant, model=FakeModel(batch_seconds=0.5)) as (url, _):
+        with httpx.Client(timeout=10) as client:
+            client.get(url + "/health")  # connect first: measure the answer, not the handshake
+
+            async def probe():
+                async with httpx.AsyncClient(timeout=10) as aclient:
+                    busy = asyncio.create_task(aclient.post(url + "/", content=b"slow"))
+                    await asyncio.sleep(0.1)  # the batch is now computing
+                    start = time.monotonic()
+                    await asyncio.to_thread(client.get, url + "/health")
+                    elapsed = time.monotonic() - start
+                    assert (await busy).status_code == 200
+                    return elapsed
+
+            return asyncio.run(probe())
+
+
+def test_thread_offloaded_answers_health_while_a_batch_runs():
+    assert health_latency_during_a_long_batch("thread_offloaded") < 0.05
+
+
+def test_a_variant_on_the_event_loop_makes_health_wait_for_the_batch():
+    assert health_latency_during_a_long_batch("capped_batch") > 0.3
+
+
+def test_info_names_the_variant_settings_and_versions():
+    with serve_in_thread("capped_batch", ["--max-batch-size", "7"]) as (url, _):
+        info = httpx.get(url + "/info").json()
+    assert info["variant"] == "capped_batch"
+    assert info["settings"]["max_batch_size"] == 7
+    assert info["model"]["task"] == "fake"
+    assert {"python", "torch", "transformers", "starlette", "uvicorn"} <= set(info["versions"])

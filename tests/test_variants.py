@@ -1,0 +1,139 @@
+"""Every variant as a real process with a real model: correct answers under concurrency,
+the fill-mask path, bad inputs, one model copy, clean shutdown; and the shared code identical."""
+
+import ast
+import asyncio
+import signal
+import subprocess
+import sys
+import time
+
+import httpx
+import numpy as np
+import pytest
+
+from servelab.process import VARIANTS, VARIANTS_DIR, ServerProcess
+from tests.conftest import post
+
+WORDS = "alpha river quiet engine purple market seven garden thunder lamp ocean violin".split()
+
+
+def distinct_inputs(count: int) -> list[str]:
+    """Inputs of varied length, so that batches carry padding."""
+    return [f"request {i}: " + " ".join(WORDS[(i + k) % len(WORDS)] for k in range(1 + i % 25))
+            for i in range(count)]
+
+
+async def post_all(url: str, bodies: list[str]) -> list[httpx.Response]:
+    async with httpx.AsyncClient(limits=httpx.Limits(max_connections=len(bodies)), timeout=120) as client:
+        return await asyncio.gather(*(client.post(url + "/", content=b.encode()) for b in bodies))
+
+
+def shared_sections(path) -> dict[str, str]:
+    """The parts every variant must share, as source text: build_app and the main block."""
+    source = path.read_text()
+    tree = ast.parse(source)
+    parts = {}
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef) and node.name == "build_app":
+            parts["build_app"] = ast.get_source_segment(source, node)
+        if isinstance(node, ast.If) and "__main__" in ast.get_source_segment(source, node.test):
+            parts["main"] = ast.get_source_segment(source, node)
+    return parts
+
+
+def test_the_request_path_is_identical_in_every_variant():
+    reference = shared_sections(VARIANTS_DIR / "naive.py")
+    assert set(reference) == {"build_app", "main"}
+    for name in VARIANTS[1:]:
+        assert shared_sections(VARIANTS_DIR / f"{name}.py") == reference, f"{name}.py drifted from naive.py"
+
+
+def test_help_explains_each_flag(variant):
+    result = subprocess.run([sys.executable, str(VARIANTS_DIR / f"{variant}.py"), "--help"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    for flag in ("--host", "--port", "--model", "--task", "--device", "--max-queue", "--queue-timeout-ms"):
+        assert flag in result.stdout
+    assert ("--max-wait-ms" in result.stdout) == (variant != "naive")
+    assert ("--max-batch-size" in result.stdout) == (variant in ("capped_batch", "thread_offloaded"))
+
+
+@pytest.mark.parametrize("model", ["/no/such/folder", "someone/not-in-the-cache"])
+def test_a_model_that_cannot_be_had_is_one_clear_line_and_a_nonzero_exit(model):
+    start = time.monotonic()
+    result = subprocess.run([sys.executable, str(VARIANTS_DIR / "deadline.py"), "--model", model],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0
+    assert time.monotonic() - start < 30
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and model in lines[0], result.stderr
+
+
+def test_concurrent_requests_each_get_the_embedding_of_their_own_input(variant, default_model):
+    bodies = distinct_inputs(200)
+    expected = np.array([default_model.predict([text])[0] for text in bodies])
+    with ServerProcess(variant) as server:
+        replies = asyncio.run(post_all(server.url, bodies))
+        log = server.output()
+    assert [r.status_code for r in replies] == [200] * len(bodies)
+    got = np.array([r.json() for r in replies])
+    assert got.shape == (200, 384)
+    cosines = (got * expected).sum(1) / (np.linalg.norm(got, axis=1) * np.linalg.norm(expected, axis=1))
+    assert cosines.min() >= 0.9999, f"worst cosine {cosines.min():.6f} at input {cosines.argmin()}"
+    assert log.count("servelab.models: loaded ") == 1, "the model is loaded once per server process"
+
+
+def test_fill_mask_answers_like_a_direct_call_and_rejects_bad_inputs(variant, tiny_fill_mask_model):
+    from servelab.models import load_model
+
+    direct = load_model(str(tiny_fill_mask_model), device="cpu")
+    bodies = [f"{text} [MASK] ." for text in distinct_inputs(40)]
+    with ServerProcess(variant, ["--model", str(tiny_fill_mask_model)]) as server:
+        info = httpx.get(server.url + "/info").json()
+        replies = asyncio.run(post_all(server.url, bodies))
+        bad = {
+            "no mask at all": post(server.url, "no mask here"),
+            "two masks": post(server.url, "[MASK] and [MASK]"),
+            "too long": post(server.url, "[MASK] " + "word " * 200),
+        }
+        good = post(server.url, "test [MASK]")
+    assert info["model"]["task"] == "fill-mask" and info["model"]["mask_token"] == "[MASK]"
+    assert all(r.status_code == 200 for r in replies)
+    for text, reply in zip(bodies, replies):
+        assert [c["token"] for c in reply.json()] == [c["token"] for c in direct.predict([text])[0]]
+    for why, reply in bad.items():
+        assert reply.status_code == 400, why
+    assert "exactly one [MASK]" in bad["no mask at all"].json()["error"]
+    assert "tokens" in bad["too long"].json()["error"]
+    assert good.status_code == 200 and {"score", "token", "token_str", "sequence"} <= set(good.json()[0])
+
+
+@pytest.mark.parametrize("variant", ["naive", "thread_offloaded"])
+def test_sigterm_under_load_answers_everyone_and_exits_in_seconds(variant):
+    bodies = distinct_inputs(150)
+    with ServerProcess(variant) as server:
+
+        async def load_then_terminate():
+            async with httpx.AsyncClient(limits=httpx.Limits(max_connections=150), timeout=30) as client:
+                tasks = [asyncio.create_task(client.post(server.url + "/", content=b.encode())) for b in bodies]
+                await asyncio.sleep(0.5)
+                server.process.send_signal(signal.SIGTERM)
+                return await asyncio.gather(*tasks, return_exceptions=True)
+
+        start = time.monotonic()
+        outcomes = asyncio.run(load_then_terminate())
+        server.process.wait(15)
+        exit_seconds = time.monotonic() - start
+        log = server.output()
+    statuses = [o.status_code if isinstance(o, httpx.Response) else type(o).__name__ for o in outcomes]
+    assert exit_seconds < 10
+    # uvicorn re-raises the signal it handled once it has shut down, so the exit is -SIGTERM.
+    assert server.process.returncode in (0, -signal.SIGTERM)
+    assert "Application shutdown complete" in log
+    answered = [s for s in statuses if isinstance(s, int)]
+    assert set(answered) <= {200, 503}, statuses
+    assert statuses.count(200) > 0
+    # Nobody hangs: a request is answered, or its connection was refused or closed, never left open.
+    assert all(isinstance(s, int) or s in ("ConnectError", "RemoteProtocolError", "ReadError")
+               for s in statuses), statuses
