@@ -1,0 +1,7 @@
+"""python -m servelab {bench,ceiling,sweep} ...: see servelab/bench/cli.py, or add --help."""
+
+import sys
+
+from servelab.bench.cli import main
+
+sys.exit(main())

@@ -1,0 +1,391 @@
+"""The `python -m servelab` command line: bench, ceiling, sweep.
+
+    python -m servelab bench --variant deadline --max-wait-ms 2 --rate 20 --duration 10
+    python -m servelab bench --variant deadline --users 8 --duration 10          # closed loop
+    python -m servelab bench --variant deadline --find-max-rate --slo-ms 100     # MLPerf-style search
+    python -m servelab bench --variant capped_batch --scenario spike --capacity-rate 60 --spike-factor 3
+    python -m servelab ceiling                                                   # offline seq/s by batch size
+    python -m servelab sweep --variants naive,deadline --max-wait-ms 1,5 --rates 0.5x,1x,2x
+
+Server flags not listed here go after `--`: `python -m servelab bench --variant deadline -- --trace t.jsonl`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from pathlib import Path
+
+from servelab.bench.ceiling import DEFAULT_BATCH_SIZES, RESULTS
+
+SERVER_FLAGS = {  # flag: (type, help); None = the server's own default, not passed
+    "model": (str, "model folder or cached hub id (default: the packaged all-MiniLM-L6-v2)"),
+    "task": (str, "pipeline task (default: inferred from the model)"),
+    "device": (str, "cpu, cuda, auto"),
+    "max_wait_ms": (float, "batching deadline"),
+    "max_batch_size": (int, "batch size cap"),
+    "max_queue": (int, "queue length limit (503 past it)"),
+    "queue_timeout_ms": (float, "queue wait limit (504 past it)"),
+    "log_level": (str, "server log level"),
+}
+
+
+class Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Shows each default, except None and False: their help says what happens then."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
+
+
+def _csv_list(kind):
+    def parse(text: str) -> list:
+        return [kind(part) for part in text.split(",") if part.strip()]
+
+    parse.__name__ = f"list of {kind.__name__}"
+    return parse
+
+
+def add_machine_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("where and how")
+    group.add_argument("--torch-threads", type=int, default=1, help="passed to the server as --torch-threads")
+    group.add_argument(
+        "--server-cores",
+        default="auto",
+        help="cores for the server: auto (the first core), none, or a list like 0 or 0-1",
+    )
+    group.add_argument(
+        "--locust-cores", default="auto", help="cores for Locust: auto (the second core), none, or a list"
+    )
+    group.add_argument(
+        "--slo-ms", type=float, default=100.0, help="latency objective for goodput and --find-max-rate"
+    )
+    group.add_argument("--seed", type=int, default=0, help="seeds inputs and arrivals")
+    group.add_argument(
+        "--ceiling",
+        default="auto",
+        help="auto (a matching file from `ceiling`, if any), measure, none, a number, or a file",
+    )
+    group.add_argument(
+        "--results-dir", type=Path, default=RESULTS, help="where results/runs and results/ceiling go"
+    )
+
+
+def add_server_options(parser: argparse.ArgumentParser, as_lists: bool = False) -> None:
+    group = parser.add_argument_group("server flags (default: the server's own)")
+    for name, (kind, help_text) in SERVER_FLAGS.items():
+        if as_lists and name in ("max_wait_ms", "max_batch_size", "max_queue", "queue_timeout_ms"):
+            group.add_argument(
+                "--" + name.replace("_", "-"),
+                type=_csv_list(kind),
+                default=None,
+                help=help_text + "; a comma-separated list to sweep",
+            )
+        else:
+            group.add_argument("--" + name.replace("_", "-"), type=kind, default=None, help=help_text)
+
+
+def add_load_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("load (see loadtests/README.md)")
+    group.add_argument("--duration", type=float, default=10.0, help="seconds of load (open and steady)")
+    group.add_argument("--arrivals", choices=("poisson", "uniform"), default="poisson", help="open-loop gaps")
+    group.add_argument("--late-ms", type=float, default=10.0, help="a send later than this counts as late")
+    group.add_argument(
+        "--drain-s", type=float, default=30.0, help="open loop: wait this long for the last answers"
+    )
+    group.add_argument("--request-timeout-s", type=float, default=60.0, help="client gives up after this")
+    group.add_argument(
+        "--capacity-rate",
+        type=float,
+        default=None,
+        help="spike: the server's capacity in req/s (default: the ceiling)",
+    )
+    group.add_argument(
+        "--spike-baseline", type=float, default=0.5, help="spike: rate before/after, x capacity"
+    )
+    group.add_argument(
+        "--spike-before-s", type=float, default=10.0, help="spike: seconds at the baseline first"
+    )
+    group.add_argument("--spike-s", type=float, default=10.0, help="spike: seconds at the peak")
+    group.add_argument(
+        "--spike-after-s", type=float, default=20.0, help="spike: seconds at the baseline after"
+    )
+
+
+def load_options(args) -> dict:
+    return {
+        "arrivals": args.arrivals,
+        "late_ms": args.late_ms,
+        "drain_s": args.drain_s,
+        "request_timeout_s": args.request_timeout_s,
+        "spike_baseline": args.spike_baseline,
+        "spike_before_s": args.spike_before_s,
+        "spike_s": args.spike_s,
+        "spike_after_s": args.spike_after_s,
+    }
+
+
+def server_args(args, extra: list[str]) -> list[str]:
+    argv: list[str] = []
+    for name in SERVER_FLAGS:
+        value = getattr(args, name)
+        if value is not None:
+            argv += ["--" + name.replace("_", "-"), str(value)]
+    return argv + extra
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m servelab", description=__doc__, formatter_class=Formatter
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    bench = commands.add_parser(
+        "bench",
+        help="one run of one variant under one load",
+        formatter_class=Formatter,
+        description="Start a variant, warm it up, load it with Locust, write "
+        "results/runs/<utc>_<variant>_<commit>/.",
+    )
+    bench.add_argument(
+        "--variant", required=True, help="server_variants/NAME.py, or a path to a server script"
+    )
+    what = bench.add_mutually_exclusive_group()
+    what.add_argument(
+        "--rate", type=float, default=None, help="open loop: Poisson arrivals per second (default 10)"
+    )
+    what.add_argument("--users", type=int, default=None, help="closed loop: this many users")
+    bench.add_argument(
+        "--scenario",
+        choices=("open", "steady", "spike", "ramp"),
+        default=None,
+        help="default: open with --rate, steady with --users",
+    )
+    bench.add_argument("--spike-factor", type=float, default=3.0, help="spike: peak rate, x capacity")
+    bench.add_argument("--ramp-start-users", type=int, default=1, help="ramp: users in the first step")
+    bench.add_argument("--ramp-step-users", type=int, default=2, help="ramp: users added per step")
+    bench.add_argument("--ramp-step-s", type=float, default=10.0, help="ramp: seconds per step")
+    bench.add_argument("--ramp-max-users", type=int, default=32, help="ramp: the last step")
+    bench.add_argument(
+        "--find-max-rate",
+        action="store_true",
+        help="search the highest open-loop rate whose p99 stays under --slo-ms (starts at --rate)",
+    )
+    bench.add_argument("--max-rate-steps", type=int, default=8, help="most load steps the search may run")
+    bench.add_argument(
+        "--max-rate-tolerance", type=float, default=0.05, help="search stops at this relative gap"
+    )
+    bench.add_argument("--no-warmup", action="store_true", help="skip the warm-up (first calls will be slow)")
+    bench.add_argument("--tag", default=None, help="appended to the run folder's name")
+    add_load_options(bench)
+    add_server_options(bench)
+    add_machine_options(bench)
+
+    ceiling = commands.add_parser(
+        "ceiling",
+        help="offline seq/s of the pipeline by batch size",
+        formatter_class=Formatter,
+        description="Time the bare pipeline (no HTTP) by batch size on the server's "
+        "core and threads; the best is the ceiling a server can approach.",
+    )
+    ceiling.add_argument("--model", default=None, help="as the server's --model (default: packaged MiniLM)")
+    ceiling.add_argument("--task", default=None, help="as the server's --task")
+    ceiling.add_argument("--device", default="auto", help="as the server's --device")
+    ceiling.add_argument("--torch-threads", type=int, default=1, help="torch.set_num_threads")
+    ceiling.add_argument(
+        "--cores", default="auto", help="cores to pin to: auto (the server's core), none, or a list"
+    )
+    ceiling.add_argument(
+        "--batch-sizes",
+        type=_csv_list(int),
+        default=list(DEFAULT_BATCH_SIZES),
+        help="comma-separated batch sizes",
+    )
+    ceiling.add_argument(
+        "--min-seconds", type=float, default=2.0, help="time at least this long per batch size"
+    )
+    ceiling.add_argument("--seed", type=int, default=0, help="order of the inputs")
+    ceiling.add_argument(
+        "--results-dir", type=Path, default=RESULTS, help="writes results/ceiling/<model>...json"
+    )
+    ceiling.add_argument("--out", type=Path, default=None, help="write here instead (JSON; a CSV beside it)")
+
+    sweep = commands.add_parser(
+        "sweep",
+        help="variants x settings x load, resumable CSV",
+        formatter_class=Formatter,
+        description="Every combination of the comma-separated lists; one CSV row per "
+        "point; points already in the CSV are skipped.",
+    )
+    sweep.add_argument("--variants", type=_csv_list(str), required=True, help="comma-separated variant names")
+    sweep.add_argument("--scenario", choices=("open", "spike"), default="open")
+    sweep.add_argument(
+        "--rates", type=_csv_list(str), default=["10"], help="open: offered rates; 2x = 2 x the ceiling"
+    )
+    sweep.add_argument(
+        "--spike-factors",
+        type=_csv_list(float),
+        default=[2.0, 3.0, 4.0],
+        help="spike: peak rates, x --capacity-rate",
+    )
+    sweep.add_argument("--out", type=Path, default=RESULTS / "sweeps" / "sweep.csv", help="the CSV of points")
+    sweep.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_load_options(sweep)
+    add_server_options(sweep, as_lists=True)
+    add_machine_options(sweep)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    extra: list[str] = []
+    if "--" in argv:
+        i = argv.index("--")
+        argv, extra = argv[:i], argv[i + 1 :]
+    args = build_parser().parse_args(argv)
+    # A plain `kill` should stop the servers too: turn SIGTERM into SystemExit, so finally-blocks run.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    try:
+        return {"bench": cmd_bench, "ceiling": cmd_ceiling, "sweep": cmd_sweep}[args.command](args, extra)
+    except KeyboardInterrupt:
+        print("interrupted; servers stopped", file=sys.stderr)
+        return 130
+    except RuntimeError as exc:  # ServerError, LoadError, SweepError: a message, not a traceback
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+def _ceiling_arg(text: str):
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+def cmd_bench(args, extra: list[str]) -> int:
+    from servelab.bench.loadgen import Load
+    from servelab.bench.run import run
+
+    scenario = args.scenario or ("steady" if args.users else "open")
+    options = load_options(args)
+    if scenario == "open":
+        load = Load.open(rate=args.rate or 10.0, duration_s=args.duration, **options)
+    elif scenario == "steady":
+        load = Load.steady(users=args.users or 4, duration_s=args.duration, **options)
+    elif scenario == "spike":
+        load = Load(
+            scenario="spike",
+            rate=None,
+            capacity_rate=args.capacity_rate,
+            spike_factor=args.spike_factor,
+            **options,
+        )
+    else:
+        load = Load(
+            scenario="ramp",
+            rate=None,
+            ramp_start_users=args.ramp_start_users,
+            ramp_step_users=args.ramp_step_users,
+            ramp_step_s=args.ramp_step_s,
+            ramp_max_users=args.ramp_max_users,
+            **options,
+        )
+    if scenario == "spike" and not load.capacity_rate:
+        load.capacity_rate = _capacity_from_ceiling(args)
+    result = run(
+        args.variant,
+        server_args(args, extra),
+        load,
+        slo_ms=args.slo_ms,
+        seed=args.seed,
+        torch_threads=args.torch_threads,
+        server_cores=args.server_cores,
+        locust_cores=args.locust_cores,
+        ceiling=_ceiling_arg(args.ceiling),
+        find_max_rate=args.find_max_rate,
+        max_rate_steps=args.max_rate_steps,
+        max_rate_tolerance=args.max_rate_tolerance,
+        warmup=not args.no_warmup,
+        results_dir=args.results_dir,
+        tag=args.tag,
+    )
+    print(f"written: {result.run_dir}")
+    return 0
+
+
+def _capacity_from_ceiling(args) -> float:
+    from servelab.bench.ceiling import measure_in_subprocess
+
+    ceiling = _ceiling_arg(args.ceiling)
+    if isinstance(ceiling, float):
+        return ceiling
+    print("spike without --capacity-rate: measuring the ceiling to use as capacity ...")
+    result = measure_in_subprocess(
+        model=args.model,
+        task=args.task,
+        device=args.device or "auto",
+        torch_threads=args.torch_threads,
+        cores=args.server_cores,
+        results_dir=args.results_dir,
+        quiet=True,
+    )
+    return result["ceiling_seq_per_s"]
+
+
+def cmd_ceiling(args, extra: list[str]) -> int:
+    from servelab.bench import ceiling
+    from servelab.bench.machine import parse_cores
+
+    result = ceiling.measure(
+        model=args.model,
+        task=args.task,
+        device=args.device,
+        torch_threads=args.torch_threads,
+        cores=parse_cores(args.cores, "server"),
+        batch_sizes=args.batch_sizes,
+        min_seconds=args.min_seconds,
+        seed=args.seed,
+    )
+    path = ceiling.write(result, args.results_dir, args.out)
+    print(f"ceiling {result['ceiling_seq_per_s']:.1f} seq/s at batch size {result['best_batch_size']}")
+    print(f"ceiling written to {path}")
+    return 0
+
+
+def cmd_sweep(args, extra: list[str]) -> int:
+    from servelab.bench.sweep import sweep
+
+    grid = {
+        name: getattr(args, name)
+        for name in ("max_wait_ms", "max_batch_size", "max_queue", "queue_timeout_ms")
+        if getattr(args, name) is not None
+    }
+    fixed = {
+        name: getattr(args, name)
+        for name in ("model", "task", "device", "log_level")
+        if getattr(args, name) is not None
+    }
+    sweep(
+        args.variants,
+        grid,
+        args.rates,
+        scenario=args.scenario,
+        spike_factors=args.spike_factors,
+        capacity_rate=args.capacity_rate,
+        duration_s=args.duration,
+        out=args.out,
+        server_args=fixed or None,
+        server_extra=extra,
+        slo_ms=args.slo_ms,
+        seed=args.seed,
+        torch_threads=args.torch_threads,
+        server_cores=args.server_cores,
+        locust_cores=args.locust_cores,
+        ceiling=_ceiling_arg(args.ceiling),
+        load_options=load_options(args),
+        results_dir=args.results_dir,
+        progress_bar=not args.no_progress,
+    )
+    return 0
