@@ -11,7 +11,7 @@ import uvicorn
 
 from servelab import cli
 from servelab.process import VARIANTS, VARIANTS_DIR, free_port
-from servelab.server import Server
+from servelab.server import SHUTDOWN_GRACE_S, Server
 from tests.fakes import FakeModel
 
 
@@ -31,8 +31,8 @@ def serve_in_thread(variant: str, args: list[str] = (), model=None):
     server = Server(variant, settings, model or FakeModel())
     port = free_port()
     config = uvicorn.Config(module.build_app(server), host="127.0.0.1", port=port, log_level="warning",
-                            timeout_graceful_shutdown=3)
-    uv = uvicorn.Server(config)
+                            timeout_graceful_shutdown=int(SHUTDOWN_GRACE_S) + 3)
+    uv = cli.DrainingServer(config, server)
     thread = threading.Thread(target=uv.run, daemon=True)
     thread.start()
     url = f"http://127.0.0.1:{port}"
