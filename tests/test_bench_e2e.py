@@ -10,7 +10,7 @@ import pytest
 
 from servelab.bench import Load, run, sweep
 from servelab.bench.corpus import REPO, sha256
-from servelab.bench.server import ServerError, ServerProcess
+from servelab.process import ServerError, ServerProcess
 
 pytestmark = pytest.mark.skipif(
     not (REPO / "server_variants" / "deadline.py").is_file(),

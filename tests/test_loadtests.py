@@ -10,7 +10,7 @@ import pytest
 
 from servelab.bench.corpus import CORPUS, LOADTESTS, REPO
 from servelab.bench.loadgen import read_requests
-from servelab.bench.server import ServerProcess
+from servelab.process import ServerProcess
 
 needs_server = pytest.mark.skipif(
     not (REPO / "server_variants" / "deadline.py").is_file(),

@@ -121,15 +121,16 @@ def test_sigterm_under_load_answers_everyone_and_exits_in_seconds(variant):
                 server.process.send_signal(signal.SIGTERM)
                 return await asyncio.gather(*tasks, return_exceptions=True)
 
+        process = server.process
         start = time.monotonic()
         outcomes = asyncio.run(load_then_terminate())
-        server.process.wait(15)
+        process.wait(15)
         exit_seconds = time.monotonic() - start
         log = server.output()
     statuses = [o.status_code if isinstance(o, httpx.Response) else type(o).__name__ for o in outcomes]
     assert exit_seconds < 10
     # uvicorn re-raises the signal it handled once it has shut down, so the exit is -SIGTERM.
-    assert server.process.returncode in (0, -signal.SIGTERM)
+    assert process.returncode in (0, -signal.SIGTERM)
     assert "Application shutdown complete" in log
     answered = [s for s in statuses if isinstance(s, int)]
     assert set(answered) <= {200, 503}, statuses

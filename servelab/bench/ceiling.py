@@ -23,7 +23,8 @@ from pathlib import Path
 
 from servelab.bench import corpus
 from servelab.bench.corpus import REPO
-from servelab.bench.machine import git_state, machine, package_versions, parse_cores, pinning
+from servelab.bench.machine import git_state, machine, package_versions, parse_cores
+from servelab.process import pinning
 
 DEFAULT_BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64)
 RESULTS = REPO / "results"

@@ -6,7 +6,8 @@ import hashlib
 import random
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+from servelab.process import REPO
+
 LOADTESTS = REPO / "loadtests"
 CORPUS = LOADTESTS / "prompts.txt"
 

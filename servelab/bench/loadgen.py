@@ -13,8 +13,8 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from servelab.bench.corpus import LOADTESTS, REPO
-from servelab.bench.machine import pinning
-from servelab.bench.server import stop_group, tail
+from servelab.process import pinning
+from servelab.process import stop_group, tail
 
 
 class LoadError(RuntimeError):

@@ -124,14 +124,3 @@ def parse_cores(spec: str | list[int] | None, role: str) -> list[int] | None:
         elif part.strip():
             cores.add(int(part))
     return sorted(cores)
-
-
-def pinning(cores: list[int] | None):
-    """A preexec_fn for subprocess.Popen that pins the child (and all its threads) to cores."""
-    if not cores:
-        return None
-
-    def pin() -> None:
-        os.sched_setaffinity(0, cores)
-
-    return pin

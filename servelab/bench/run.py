@@ -27,7 +27,7 @@ from servelab.bench import ceiling as ceiling_mod
 from servelab.bench import corpus, stats
 from servelab.bench.loadgen import Load, read_requests, run_locust
 from servelab.bench.machine import git_state, machine, package_versions, parse_cores
-from servelab.bench.server import ServerProcess, server_argv
+from servelab.process import ServerProcess, server_argv
 
 RESULTS = ceiling_mod.RESULTS
 DEFAULT_SLO_MS = 100.0

@@ -18,7 +18,7 @@ from pathlib import Path
 from servelab.bench import stats
 from servelab.bench.loadgen import Load, LoadError
 from servelab.bench.run import DEFAULT_SLO_MS, RESULTS, Bench
-from servelab.bench.server import ServerError, accepted_flags, server_argv
+from servelab.process import ServerError, accepted_flags, server_argv
 
 
 class SweepError(RuntimeError):
