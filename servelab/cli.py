@@ -58,10 +58,10 @@ def build_parser(variant: str, doc: str, defaults: dict) -> argparse.ArgumentPar
     breaker = parser.add_argument_group("circuit breaking (off when not given)")
     breaker.add_argument("--max-queue", type=int, default=defaults.get("max_queue"),
                          help="a request arriving while this many wait gets 503 at once, with Retry-After; "
-                         "counts waiting requests only, not the batch being computed")
+                         "counts waiting requests only, not the batch being computed; 0: no limit")
     breaker.add_argument("--queue-timeout-ms", type=float, default=defaults.get("queue_timeout_ms"),
                          help="a request not started within this many ms gets 504 at that moment and is "
-                         "never computed; time in the running batch does not count")
+                         "never computed; time in the running batch does not count; 0: no timeout")
     add("--trace", default=None, metavar="FILE", help="append one JSON line per batch (times, size, close "
         "reason, each request's arrival, start and answer) to FILE")
     add("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])

@@ -79,7 +79,7 @@ class Server:
         """Lifespan: start the model worker, and on exit answer whatever still waits with 503."""
         s = self.settings
         timeout_s = s.queue_timeout_ms / 1000 if s.queue_timeout_ms else None
-        self.queue = JobQueue(s.max_queue, timeout_s)
+        self.queue = JobQueue(s.max_queue or None, timeout_s)  # 0 turns a limit off
         if s.trace:
             self._trace = open(s.trace, "a", buffering=1)
         self.loop_task = asyncio.create_task(model_loop(self), name="model-loop")

@@ -5,7 +5,7 @@ steady trickle of requests keeps the first one waiting far longer than 1 ms. Her
 one deadline when its first request is taken; whatever is already queued joins at once, and
 the batch never waits past the deadline. Still missing: a cap on the batch size.
 
-Run:    python server_variants/deadline.py [--max-wait-ms 5]
+Run:    python server_variants/deadline.py [--max-wait-ms 2]
 Query:  curl -X POST -d "the weather is nice today" http://127.0.0.1:8000/
 Next:   diff server_variants/deadline.py server_variants/capped_batch.py
 """
@@ -23,7 +23,7 @@ from servelab.server import Server
 
 VARIANT = "deadline"
 DEFAULTS = {
-    "max_wait_ms": 5.0,
+    "max_wait_ms": 2.0,
     "max_wait_ms_help": "a batch starts at most this long after its first request was taken",
 }
 

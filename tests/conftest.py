@@ -67,6 +67,10 @@ def default_model():
     return load_model()
 
 
+# For tests of correctness under a burst: thread_offloaded's default breaker would shed some.
+BREAKER_OFF = ["--max-queue", "0", "--queue-timeout-ms", "0"]
+
+
 def post(url: str, body: bytes | str, **kwargs) -> httpx.Response:
     if isinstance(body, str):
         body = body.encode()

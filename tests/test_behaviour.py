@@ -7,7 +7,7 @@ import time
 import httpx
 import pytest
 
-from tests.conftest import post, serve_in_thread
+from tests.conftest import BREAKER_OFF, post, serve_in_thread
 from tests.fakes import FakeModel
 
 
@@ -19,7 +19,7 @@ async def post_many(url: str, bodies: list[str], timeout: float = 30) -> list[ht
 
 def test_every_caller_gets_its_own_answer(variant):
     model = FakeModel(batch_seconds=0.005)
-    with serve_in_thread(variant, model=model) as (url, _):
+    with serve_in_thread(variant, BREAKER_OFF, model=model) as (url, _):
         bodies = [f"request {i}" for i in range(100)]
         replies = asyncio.run(post_many(url, bodies))
     assert [r.status_code for r in replies] == [200] * 100
@@ -29,7 +29,7 @@ def test_every_caller_gets_its_own_answer(variant):
 
 def test_a_failing_input_fails_alone_and_the_loop_survives(variant):
     model = FakeModel(batch_seconds=0.02)
-    with serve_in_thread(variant, model=model) as (url, _):
+    with serve_in_thread(variant, BREAKER_OFF, model=model) as (url, _):
         bodies = [f"ok {i}" for i in range(10)] + ["POISON"] + [f"ok {i}" for i in range(10, 20)]
         replies = asyncio.run(post_many(url, bodies))
         after = post(url, "still there?")
@@ -80,7 +80,7 @@ def test_json_body_is_accepted():
 
 def test_capped_batch_holds_its_cap_under_a_flood_over_http():
     model = FakeModel(batch_seconds=0.01)
-    with serve_in_thread("capped_batch", ["--max-batch-size", "8"], model=model) as (url, _):
+    with serve_in_thread("capped_batch", ["--max-batch-size", "8", *BREAKER_OFF], model=model) as (url, _):
         replies = asyncio.run(post_many(url, [f"r{i}" for i in range(120)]))
     assert all(r.status_code == 200 for r in replies)
     assert max(model.sizes) <= 8

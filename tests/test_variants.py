@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from servelab.process import VARIANTS, VARIANTS_DIR, ServerProcess
-from tests.conftest import post
+from tests.conftest import BREAKER_OFF, post
 
 WORDS = "alpha river quiet engine purple market seven garden thunder lamp ocean violin".split()
 
@@ -73,7 +73,7 @@ def test_a_model_that_cannot_be_had_is_one_clear_line_and_a_nonzero_exit(model):
 def test_concurrent_requests_each_get_the_embedding_of_their_own_input(variant, default_model):
     bodies = distinct_inputs(200)
     expected = np.array([default_model.predict([text])[0] for text in bodies])
-    with ServerProcess(variant) as server:
+    with ServerProcess(variant, BREAKER_OFF) as server:
         replies = asyncio.run(post_all(server.url, bodies))
         log = server.output()
     assert [r.status_code for r in replies] == [200] * len(bodies)
@@ -89,7 +89,7 @@ def test_fill_mask_answers_like_a_direct_call_and_rejects_bad_inputs(variant, ti
 
     direct = load_model(str(tiny_fill_mask_model), device="cpu")
     bodies = [f"{text} [MASK] ." for text in distinct_inputs(40)]
-    with ServerProcess(variant, ["--model", str(tiny_fill_mask_model)]) as server:
+    with ServerProcess(variant, ["--model", str(tiny_fill_mask_model), *BREAKER_OFF]) as server:
         info = httpx.get(server.url + "/info").json()
         replies = asyncio.run(post_all(server.url, bodies))
         bad = {
@@ -133,7 +133,7 @@ def test_sigterm_under_load_answers_everyone_and_exits_in_seconds(variant):
     assert process.returncode in (0, -signal.SIGTERM)
     assert "Application shutdown complete" in log
     answered = [s for s in statuses if isinstance(s, int)]
-    assert set(answered) <= {200, 503}, statuses
+    assert set(answered) <= {200, 503, 504}, statuses  # 504: the breaker of thread_offloaded
     assert statuses.count(200) > 0
     # Nobody hangs: a request is answered, or its connection was refused or closed, never left open.
     assert all(isinstance(s, int) or s in ("ConnectError", "RemoteProtocolError", "ReadError")
