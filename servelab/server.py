@@ -15,6 +15,7 @@ import platform
 from dataclasses import asdict, dataclass
 from typing import Any, Awaitable, Callable
 
+import orjson
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -171,7 +172,8 @@ class Server:
             return Response(status_code=499)
         error = job.future.exception()
         if error is None:
-            return JSONResponse(job.future.result(), headers={"X-Request-ID": job.id})
+            return Response(encode_json(job.future.result()), media_type="application/json",
+                            headers={"X-Request-ID": job.id})
         if isinstance(error, QueueTimeout):
             raise RequestError(504, str(error))
         if isinstance(error, ServiceUnavailable):
@@ -293,6 +295,18 @@ async def _client_disconnected(request: Request) -> None:
     """Returns when the client closes its connection (the body has already been read)."""
     while (await request.receive())["type"] != "http.disconnect":
         pass
+
+
+def encode_json(output: Any) -> bytes:
+    """The pipeline's output as JSON. orjson, not json: 384 floats take ~16 us, not ~370 us,
+    and on a CPU server that time comes out of the model's core (profiled with py-spy)."""
+    return orjson.dumps(output, option=orjson.OPT_SERIALIZE_NUMPY, default=_to_list)
+
+
+def _to_list(value: Any) -> Any:
+    if hasattr(value, "tolist"):  # torch tensors; numpy arrays are handled by orjson itself
+        return value.tolist()
+    raise TypeError(f"cannot encode {type(value).__name__} as JSON")
 
 
 def _json_inputs(text: str) -> str:

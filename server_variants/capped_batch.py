@@ -5,7 +5,7 @@ it, past the size where batching stops paying, and every request in it waits for
 Here a batch closes at the deadline or as soon as it holds --max-batch-size requests, whichever
 comes first. Still missing: the model runs on the event loop, which stalls every other request.
 
-Run:    python server_variants/capped_batch.py [--max-wait-ms 2] [--max-batch-size 32]
+Run:    python server_variants/capped_batch.py [--max-wait-ms 2] [--max-batch-size 16]
 Query:  curl -X POST -d "the weather is nice today" http://127.0.0.1:8000/
 Next:   diff server_variants/capped_batch.py server_variants/thread_offloaded.py
 """
@@ -25,7 +25,7 @@ VARIANT = "capped_batch"
 DEFAULTS = {
     "max_wait_ms": 2.0,
     "max_wait_ms_help": "a batch starts at most this long after its first request was taken",
-    "max_batch_size": 32,
+    "max_batch_size": 16,
 }
 
 

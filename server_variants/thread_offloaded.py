@@ -6,7 +6,7 @@ in a worker thread (torch releases the GIL while it computes), so the loop keeps
 queueing new requests and answering errors. There is still one model copy and one worker:
 batches never overlap. This is the variant to copy; its circuit breaker is on by default.
 
-Run:    python server_variants/thread_offloaded.py [--max-wait-ms 2] [--max-batch-size 32]
+Run:    python server_variants/thread_offloaded.py [--max-wait-ms 2] [--max-batch-size 16]
 Query:  curl -X POST -d "the weather is nice today" http://127.0.0.1:8000/
 """
 
@@ -25,7 +25,7 @@ VARIANT = "thread_offloaded"
 DEFAULTS = {
     "max_wait_ms": 2.0,
     "max_wait_ms_help": "a batch starts at most this long after its first request was taken",
-    "max_batch_size": 32,
+    "max_batch_size": 16,
     # The variant to copy to production, so its circuit breaker is on by default: on a 2-core
     # CPU (about 65 req/s) a full queue is about one second of work, the longest a request waits.
     "max_queue": 64,

@@ -55,8 +55,9 @@ def measure(
     torch_threads: int = 1,
     cores: list[int] | None = None,
     batch_sizes=DEFAULT_BATCH_SIZES,
-    min_seconds: float = 2.0,
+    min_seconds: float = 3.0,
     min_batches: int = 3,
+    rounds: int = 3,
     seed: int = 0,
     progress=print,
 ) -> dict:
@@ -85,26 +86,28 @@ def measure(
     warmup_s = time.perf_counter() - warm_started
     progress(f"loaded in {load_s:.1f} s, warmed up in {warmup_s:.1f} s")
 
-    rows = []
+    # Interleaved rounds: each batch size is timed in every round, so a machine whose speed
+    # drifts during the measurement (shared or throttled CPUs do) biases no size against another.
+    totals = {size: [0, 0.0, 0] for size in batch_sizes}  # sequences, seconds, batches
     position = 0
-    for size in batch_sizes:
-        done, seconds, batches = 0, 0.0, 0
-        while seconds < min_seconds or batches < min_batches:
-            batch = [texts[(position + i) % len(texts)] for i in range(size)]
-            position += size
-            t0 = time.perf_counter()
-            loaded.predict(batch)
-            seconds += time.perf_counter() - t0
-            done += size
-            batches += 1
-        rows.append(
-            {
-                "batch_size": size,
-                "sequences": done,
-                "seconds": round(seconds, 4),
-                "seq_per_s": round(done / seconds, 3),
-            }
-        )
+    for _ in range(rounds):
+        for size in batch_sizes:
+            total = totals[size]
+            round_seconds = 0.0
+            while round_seconds < min_seconds / rounds or total[2] < min_batches:
+                batch = [texts[(position + i) % len(texts)] for i in range(size)]
+                position += size
+                t0 = time.perf_counter()
+                loaded.predict(batch)
+                elapsed = time.perf_counter() - t0
+                round_seconds += elapsed
+                total[0] += size
+                total[1] += elapsed
+                total[2] += 1
+    rows = []
+    for size, (done, seconds, _) in totals.items():
+        rows.append({"batch_size": size, "sequences": done, "seconds": round(seconds, 4),
+                     "seq_per_s": round(done / seconds, 3)})
         progress(f"batch {size:4d}: {done / seconds:8.1f} seq/s")
     best = max(rows, key=lambda r: r["seq_per_s"])
     return {
@@ -150,7 +153,7 @@ def measure_in_subprocess(
     cores="auto",
     results_dir: Path = RESULTS,
     batch_sizes=DEFAULT_BATCH_SIZES,
-    min_seconds: float = 2.0,
+    min_seconds: float = 3.0,
     quiet: bool = False,
 ) -> dict:
     """Measure in a fresh pinned process (the caller's cores and threads stay as they are)."""

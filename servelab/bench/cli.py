@@ -204,7 +204,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma-separated batch sizes",
     )
     ceiling.add_argument(
-        "--min-seconds", type=float, default=2.0, help="time at least this long per batch size"
+        "--min-seconds", type=float, default=3.0,
+        help="time at least this long per batch size, spread over 3 interleaved rounds"
     )
     ceiling.add_argument("--seed", type=int, default=0, help="order of the inputs")
     ceiling.add_argument(
