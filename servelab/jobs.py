@@ -79,6 +79,12 @@ class JobQueue:
         return job
 
     async def get(self) -> Job:
+        # Give the event loop a few turns first. asyncio.Queue.get on a non-empty queue never
+        # yields, so a worker on the event loop would hold every answer it has set (and every
+        # new request) until the queue drains: a burst of 50 would all be answered at the end.
+        # Two turns let a handler wake from its future and write its response; three is slack.
+        for _ in range(3):
+            await asyncio.sleep(0)
         while True:
             job = await self._jobs.get()
             if job.waiting:

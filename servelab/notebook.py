@@ -48,7 +48,8 @@ def banner() -> dict:
     from servelab.bench.machine import git_state, machine
 
     packages = {"python": platform.python_version()}
-    for name in ("servelab", "torch", "transformers", "starlette", "uvicorn", "locust", "matplotlib", "numpy"):
+    names = ("servelab", "torch", "transformers", "starlette", "uvicorn", "locust", "matplotlib", "numpy")
+    for name in names:
         try:
             packages[name] = version(name)
         except PackageNotFoundError:
@@ -59,14 +60,19 @@ def banner() -> dict:
     print("  ".join(f"{k} {v}" for k, v in packages.items()))
     print(f"code {git['short']}{' (uncommitted changes)' if git['dirty'] else ''}")
     print(f"{m['cpu_model']}, {len(m['cores_available'])} of {m['cpu_count']} cores available, "
-          f"{m['platform']}; GPUs: {', '.join(m['gpus']) or 'none'}")
+          f"{m['platform']}; GPUs: {', '.join(m['gpus']) or 'none'}; kernel: {m['executable']}")
     return info
 
 
 def setup(results: Path, name: str) -> Path:
     """The notebook's own results folder (created), and matplotlib defaults for every figure."""
+    import warnings
+
     import matplotlib.pyplot as plt
 
+    # servelab.bench.sweep imports tqdm.auto even without a progress bar; without ipywidgets
+    # that warns on every sweep.
+    warnings.filterwarnings("ignore", message="IProgress not found")
     folder = Path(results).resolve() / name
     folder.mkdir(parents=True, exist_ok=True)
     plt.rcParams.update({"figure.dpi": 100, "savefig.dpi": 120, "axes.grid": True, "grid.alpha": 0.3,
@@ -81,7 +87,7 @@ def save(fig, folder: Path, name: str) -> Path:
     return path
 
 
-def write_csv(path: Path, rows: list[dict]) -> Path:
+def write_csv(path: Path, rows: list[dict]) -> None:
     columns: list[str] = []
     for row in rows:
         columns += [c for c in row if c not in columns]
@@ -89,7 +95,6 @@ def write_csv(path: Path, rows: list[dict]) -> Path:
         writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
         writer.writerows(rows)
-    return Path(path)
 
 
 def read_csv(path: Path) -> list[dict]:
@@ -125,15 +130,17 @@ def ceiling(results: Path, quick: bool, remeasure: bool = False, **model) -> dic
     from servelab.bench.ceiling import find_ceiling
 
     results = Path(results).resolve()
+    sizes = (1, 4, 16, 64) if quick else (1, 2, 4, 8, 16, 32, 64)
     if not remeasure and not model:
-        known = find_ceiling(results, {"id": "all-MiniLM-L6-v2", "task": "feature-extraction", "device": "cpu"}, 1)
-        if known:
+        default_model = {"id": "all-MiniLM-L6-v2", "task": "feature-extraction", "device": "cpu"}
+        known = find_ceiling(results, default_model, 1)
+        # A quick-mode measurement (fewer sizes, shorter) is not reused by full mode.
+        if known and set(sizes) <= {r["batch_size"] for r in known["by_batch_size"]}:
             print(f"offline ceiling from {known['path']} (measured {known['created_utc']})")
             return known
-    sizes = (1, 4, 16, 64) if quick else (1, 2, 4, 8, 16, 32, 64)
+    timing = {"min_seconds": 1.0} if quick else {}  # full mode: servelab.bench's own default
     print(f"measuring the offline ceiling at batch sizes {sizes} ...")
-    data = measure_ceiling(results_dir=results, batch_sizes=sizes, min_seconds=0.5 if quick else 2.0,
-                           quiet=True, **model)
+    data = measure_ceiling(results_dir=results, batch_sizes=sizes, quiet=True, **timing, **model)
     print(f"offline ceiling: {data['ceiling_seq_per_s']:.1f} seq/s at batch {data['best_batch_size']}")
     return data
 
@@ -168,7 +175,8 @@ def send_schedule(url: str, bodies: list[bytes | str], offsets_s: list[float], *
 
     n = len(bodies)
     results: list[dict | None] = [None] * n
-    ready = threading.Barrier(n + 1)
+    ready = threading.Barrier(n + 1)  # every connection is open
+    go = threading.Event()  # start[0] is set
     start = [0.0]
 
     def worker(i: int) -> None:
@@ -178,6 +186,7 @@ def send_schedule(url: str, bodies: list[bytes | str], offsets_s: list[float], *
                 client.get(url + "/health")  # open the connection now
             finally:
                 ready.wait()
+            go.wait()
             delay = start[0] + offsets_s[i] - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
@@ -198,8 +207,9 @@ def send_schedule(url: str, bodies: list[bytes | str], offsets_s: list[float], *
     threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(n)]
     for t in threads:
         t.start()
-    start[0] = time.monotonic() + 0.05
     ready.wait()
+    start[0] = time.monotonic() + 0.02
+    go.set()
     for t in threads:
         t.join()
     return results
@@ -338,6 +348,18 @@ def metric(text: str, sample: str, **labels) -> float:
     return parse_metrics(text).get((sample, tuple(sorted(labels.items()))), 0.0)
 
 
+def server_settings(run_dir: Path) -> str:
+    """The batching and breaker settings a run's server had (from its manifest), in words."""
+    settings = json.loads((Path(run_dir) / "manifest.json").read_text())["server"]["info"]["settings"]
+    parts = []
+    for key, name, unit in (("max_wait_ms", "wait", " ms"), ("max_batch_size", "cap", ""),
+                            ("max_queue", "queue", ""), ("queue_timeout_ms", "timeout", " ms")):
+        value = settings.get(key)
+        if value is not None:
+            parts.append(f"{name} {_fmt(float(value)) if value else 'off'}{unit if value else ''}")
+    return ", ".join(parts) or "none"
+
+
 # --- Load results over time ----------------------------------------------------------------------
 
 
@@ -403,7 +425,8 @@ def timeline_legend(ax) -> None:
 
     ax.legend(handles=[Patch(color="gray", alpha=0.25, label="batch collecting"),
                        Patch(color="gray", alpha=0.9, label="model computing (number: batch size)"),
-                       Line2D([], [], marker="|", ls="none", color="black", label="request arrives")],
+                       Line2D([], [], marker="|", ls="none", color="black",
+                              label="request taken in by the server")],
               loc="upper center", bbox_to_anchor=(0.5, -0.25), ncol=3, frameon=False)
 
 
@@ -417,10 +440,25 @@ def plot_batch_sizes(ax, sizes_by_variant: dict[str, list[int]]) -> None:
         weights = [s / sum(sizes) for s in sizes]
         ax.hist(sizes, bins=edges, weights=weights, histtype="step", lw=2, color=COLORS.get(variant),
                 label=f"{variant} (mean batch {sum(sizes) / len(sizes):.1f})")
+    largest = max((max(s) for s in sizes_by_variant.values() if s), default=1)
+    ticks = [2 ** k for k in range(11) if 2 ** k <= 2 * largest]
     ax.set_xscale("log", base=2)
+    ax.set_xticks(ticks, [str(t) for t in ticks])
+    ax.set_xlim(0.5, ticks[-1] + 0.5)
     ax.set_xlabel("batch size (requests)")
     ax.set_ylabel("share of requests")
-    ax.legend()
+    ax.legend(fontsize=8)
+
+
+def log_y(ax, axis: str = "y") -> None:
+    """A log axis with plain numbers (50, 100, 200) instead of powers of ten."""
+    from matplotlib.ticker import FuncFormatter
+
+    scale = ax.set_yscale if axis == "y" else ax.set_xscale
+    target = ax.yaxis if axis == "y" else ax.xaxis
+    scale("log")
+    target.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    target.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if f"{v:g}"[0] in "25" else ""))
 
 
 def plot_tradeoff(axes, points: list[dict], ceiling_rate: float | None, by=("max_wait_ms", "max_batch_size"),
@@ -456,7 +494,7 @@ def plot_tradeoff(axes, points: list[dict], ceiling_rate: float | None, by=("max
     for ax in axes:
         ax.set_xlabel("offered rate (requests/s, open loop)")
     for ax in axes[1:]:
-        ax.set_yscale("log")
+        log_y(ax)
     axes[0].legend(fontsize=7)
 
 
@@ -466,7 +504,8 @@ def _fmt(v) -> str:
     return str(v)
 
 
-def plot_over_time(axes, runs: dict[str, list[dict]], slo_ms: float, spike: tuple[float, float] | None = None) -> None:
+def plot_over_time(axes, runs: dict[str, list[dict]], slo_ms: float,
+                   spike: tuple[float, float] | None = None) -> None:
     """per_second() rows of several runs: axes[0] goodput, axes[1] 503+504 per second,
     axes[2] p99 of the successful requests; the spike window shaded."""
     styles = ["-", "--", "-.", ":"]
@@ -476,14 +515,15 @@ def plot_over_time(axes, runs: dict[str, list[dict]], slo_ms: float, spike: tupl
         axes[0].plot(t, [r["offered_per_s"] for r in rows], color="gray", ls=ls, lw=1,
                      label=f"offered ({name})" if i == 0 else None)
         axes[0].plot(t, [r["goodput_per_s"] for r in rows], ls=ls, lw=2, label=f"goodput, {name}")
-        axes[1].plot(t, [r["503_per_s"] for r in rows], color=STATUS_COLORS["503"], ls=ls, label=f"503, {name}")
-        axes[1].plot(t, [r["504_per_s"] for r in rows], color=STATUS_COLORS["504"], ls=ls, label=f"504, {name}")
+        for status in ("503", "504"):
+            axes[1].plot(t, [r[f"{status}_per_s"] for r in rows], color=STATUS_COLORS[status], ls=ls,
+                         label=f"{status}, {name}")
         axes[2].plot(t, [r["p99_ok_ms"] for r in rows], ls=ls, lw=2, label=name)
     axes[0].set_ylabel(f"requests/s (goodput: 200 within {slo_ms:.0f} ms)")
     axes[1].set_ylabel("errors/s")
     axes[2].set_ylabel("p99 latency of 200s (ms)")
     axes[2].axhline(slo_ms, color="black", ls=":", lw=0.8, label=f"SLO {slo_ms:.0f} ms")
-    axes[2].set_yscale("log")
+    log_y(axes[2])
     for ax in axes:
         ax.set_xlabel("time since the first request was due (s)")
         if spike:
@@ -491,21 +531,25 @@ def plot_over_time(axes, runs: dict[str, list[dict]], slo_ms: float, spike: tupl
         ax.legend(fontsize=7)
 
 
-def plot_breaker_curve(axes, points: list[dict], x: str, x_label: str, off_value: float | None = None) -> None:
+def plot_breaker_curve(axes, points: list[dict], x: str, x_label: str,
+                       off_value: float | None = None) -> None:
     """Sweep points at one overload rate against one breaker setting: axes[0] goodput and
     achieved rate, axes[1] shares of 503 and 504 and of answers within the SLO."""
     points = sorted(points, key=lambda p: p[x])
     xs = list(range(len(points)))
     names = ["off" if off_value is not None and p[x] == off_value else _fmt(p[x]) for p in points]
-    axes[0].plot(xs, [p.get("goodput_rate") or 0 for p in points], "o-", color="tab:green", label="goodput (200 within SLO)/s")
-    axes[0].plot(xs, [p.get("achieved_rate") or 0 for p in points], "s--", color="tab:blue", label="all 200s/s")
+    axes[0].plot(xs, [p.get("goodput_rate") or 0 for p in points], "o-", color="tab:green",
+                 label="goodput (200 within SLO)/s")
+    axes[0].plot(xs, [p.get("achieved_rate") or 0 for p in points], "s--", color="tab:blue",
+                 label="all 200s/s")
     axes[0].set_ylabel("requests/s")
     n = [p["requests"] or 1 for p in points]
     axes[1].plot(xs, [(p.get("errors_by_status.503") or 0) / k for p, k in zip(points, n, strict=True)], "o-",
                  color=STATUS_COLORS["503"], label="503 (queue full)")
     axes[1].plot(xs, [(p.get("errors_by_status.504") or 0) / k for p, k in zip(points, n, strict=True)], "o-",
                  color=STATUS_COLORS["504"], label="504 (queue timeout)")
-    axes[1].plot(xs, [p.get("goodput_fraction") or 0 for p in points], "o-", color="tab:green", label="200 within SLO")
+    axes[1].plot(xs, [p.get("goodput_fraction") or 0 for p in points], "o-", color="tab:green",
+                 label="200 within SLO")
     axes[1].set_ylabel("share of requests")
     axes[1].set_ylim(0, 1.05)
     for ax in axes:
@@ -537,7 +581,6 @@ def plot_variants(axes, points: list[dict], moderate_rate: float, overload_rate:
                 color=[COLORS.get(v) for v in names])
     axes[1].set_xticks(x, names)
     axes[1].set_ylabel(f"latency at {moderate_rate:.0f} req/s offered (ms)")
-    axes[1].set_yscale("log")
     axes[1].legend(fontsize=7)
     for ax in axes:
         ax.tick_params(axis="x", labelrotation=20)
@@ -559,14 +602,20 @@ def execute(notebook: Path, out: Path | None, *, quick: bool, results: Path, tim
     from jupyter_client.kernelspec import KernelSpecManager
     from jupyter_client.manager import AsyncKernelManager
     from nbclient import NotebookClient
+    from traitlets import default
+
+    class ThisInterpreter(AsyncKernelManager):
+        # No kernel directories: only ipykernel's own spec, which runs sys.executable, so the
+        # kernel is this interpreter whatever kernelspecs the machine has installed.
+        @default("kernel_spec_manager")
+        def _kernel_spec_manager_default(self):
+            return KernelSpecManager(kernel_dirs=[])
 
     nb = nbformat.read(notebook, as_version=4)
-    # No kernel directories: only ipykernel's own spec, which runs sys.executable, so the kernel
-    # is this interpreter whatever kernelspecs the machine has installed.
-    km = AsyncKernelManager(kernel_name="python3", kernel_spec_manager=KernelSpecManager(kernel_dirs=[]))
-    env = dict(os.environ, SERVELAB_QUICK="1" if quick else "0", SERVELAB_RESULTS=str(Path(results).resolve()),
-               JUPYTER_PLATFORM_DIRS="1", MPLBACKEND="module://matplotlib_inline.backend_inline")
-    client = NotebookClient(nb, km=km, timeout=timeout_s, resources={"metadata": {"path": str(notebook.parent)}})
+    env = dict(os.environ, SERVELAB_QUICK="1" if quick else "0",
+               SERVELAB_RESULTS=str(Path(results).resolve()), JUPYTER_PLATFORM_DIRS="1")
+    client = NotebookClient(nb, kernel_name="python3", kernel_manager_class=ThisInterpreter,
+                            timeout=timeout_s, resources={"metadata": {"path": str(notebook.parent)}})
     try:
         client.execute(env=env)
     finally:
@@ -604,3 +653,69 @@ def tiny_fill_mask_model(folder: Path) -> Path:
         code = "import sys; from servelab.models import build_tiny_fill_mask_model as b; b(sys.argv[1])"
         subprocess.run([sys.executable, "-c", code, str(folder)], check=True, capture_output=True)
     return folder
+
+
+# --- Plots of single notebooks ---------------------------------------------------------------------
+
+
+def plot_memory(ax, rows: list[dict], weights_mb: float) -> None:
+    """Notebook 1: summed RSS and PSS of each setup (rows from memory_mb, summed per setup)."""
+    x = list(range(len(rows)))
+    ax.bar([i - 0.2 for i in x], [r["rss_mb"] for r in rows], 0.4, color="lightgray",
+           label="sum of RSS (shared pages counted in every process)")
+    ax.bar([i + 0.2 for i in x], [r["pss_mb"] for r in rows], 0.4, color="tab:blue",
+           label="sum of PSS (shared pages counted once)")
+    ax.axhline(weights_mb, color="red", ls="--",
+               label=f"one copy of the model's weights ({weights_mb:.0f} MB)")
+    ax.set_xticks(x, [r["setup"] for r in rows])
+    ax.set_ylabel("resident memory (MB)")
+    ax.legend(fontsize=8)
+
+
+def plot_health_during(axes, runs: dict[str, tuple], samples: list[dict]) -> None:
+    """Notebook 3: per variant (one axis each), /health latency by send time, the pipeline calls
+    shaded, and the time to the bad request's 400. runs: {variant: (t0, batches, bad_request)}."""
+    for ax, (variant, (t0, batches, bad)) in zip(axes, runs.items(), strict=True):
+        color = COLORS.get(variant, "tab:blue")
+        for i, b in enumerate(batches):
+            ax.axvspan((b["compute_start"] - t0) * 1000, (b["compute_end"] - t0) * 1000, color=color,
+                       alpha=0.15, lw=0, label="model computing" if i == 0 else None)
+        mine = [s for s in samples if s["variant"] == variant and s["t_ms"] > -100]
+        ax.plot([s["t_ms"] for s in mine], [s["health_latency_ms"] for s in mine], ".-", color=color,
+                lw=0.8, label="GET /health latency")
+        ax.plot([(bad["sent"] - t0) * 1000], [bad["latency_ms"]], "X", color="red", ms=10,
+                label="empty POST: time to its 400")
+        log_y(ax)
+        ax.set_ylim(0.5, None)
+        ax.set_ylabel("latency (ms)")
+        ax.set_title(variant, loc="left", fontsize=10)
+        ax.legend(fontsize=7, loc="upper right")
+
+
+def plot_blocking(ax, summary: list[dict]) -> None:
+    """Notebook 3: slowest /health and time to the 400 against the burst's pipeline time."""
+    for variant in dict.fromkeys(r["variant"] for r in summary):
+        rows = [r for r in summary if r["variant"] == variant]
+        x = [r["compute_total_ms"] for r in rows]
+        ax.plot(x, [r["health_max_ms"] for r in rows], "o", ms=8, color=COLORS.get(variant),
+                label=f"{variant}: slowest /health")
+        ax.plot(x, [r["bad_request_ms"] for r in rows], "X", ms=8, color=COLORS.get(variant),
+                label=f"{variant}: time to the 400")
+    values = [r[k] for r in summary for k in ("compute_total_ms", "health_max_ms", "bad_request_ms")]
+    low, high = min(values) / 2, max(values) * 1.5
+    ax.plot([low, high], [low, high], color="gray", ls=":", label="as long as the burst's pipeline time")
+    log_y(ax, "x")
+    log_y(ax)
+    ax.set_xlabel("pipeline time of the burst: sum of its calls (ms)")
+    ax.set_ylabel("latency (ms)")
+    ax.legend(fontsize=7)
+
+
+def recovered_after(rows: list[dict], end_s: float, slo_ms: float) -> float | None:
+    """Notebook 4: seconds after end_s until every later second's p99 of 200s is within slo_ms
+    (per_second rows); None if that never happens before the run ends."""
+    late = [r for r in rows if r["t_s"] >= end_s]
+    for i, r in enumerate(late):
+        if all(x["p99_ok_ms"] is not None and x["p99_ok_ms"] <= slo_ms for x in late[i:] if x["ok_per_s"]):
+            return r["t_s"] - end_s
+    return None

@@ -133,3 +133,25 @@ def test_info_names_the_variant_settings_and_versions():
     assert info["settings"]["max_batch_size"] == 7
     assert info["model"]["task"] == "fake"
     assert {"python", "torch", "transformers", "starlette", "uvicorn"} <= set(info["versions"])
+
+
+@pytest.mark.parametrize("variant", ["naive", "capped_batch"])
+def test_a_worker_on_the_event_loop_still_sends_answers_between_batches(variant):
+    """asyncio.Queue.get never yields when items wait: without a turn for the loop between
+    batches, every answer of a burst would be written only once the whole burst was computed."""
+    model = FakeModel(batch_seconds=0.05)
+    with serve_in_thread(variant, ["--max-batch-size", "2"] if variant == "capped_batch" else [],
+                         model=model) as (url, _):
+
+        async def burst():
+            async with httpx.AsyncClient(limits=httpx.Limits(max_connections=20), timeout=30) as client:
+                start = time.monotonic()
+
+                async def one(i):
+                    await client.post(url + "/", content=f"r{i}".encode())
+                    return time.monotonic() - start
+
+                return sorted(await asyncio.gather(*(one(i) for i in range(20))))
+
+        done_at = asyncio.run(burst())
+    assert done_at[0] < done_at[-1] / 3, f"first answer at {done_at[0]:.2f} s, last at {done_at[-1]:.2f} s"

@@ -83,7 +83,7 @@ def sweep(
     rates (open scenario): offered rates; "2x" = 2 x the ceiling.
     spike_factors (spike scenario): peak rates as multiples of capacity_rate (default: the ceiling).
     """
-    from tqdm.auto import tqdm
+    from tqdm import tqdm  # the text bar: tqdm.auto wants ipywidgets in a notebook
 
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

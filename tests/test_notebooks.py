@@ -1,0 +1,64 @@
+"""The walkthrough notebooks: committed clean and in sync with their .py twins, and each one
+runs top to bottom in quick mode (SERVELAB_QUICK=1) in a kernel of this interpreter.
+
+The quick runs start real servers and Locust: about 6 minutes for all five on 2 cores.
+"""
+
+from __future__ import annotations
+
+import nbformat
+import pytest
+
+from servelab import notebook as nb
+
+NOTEBOOKS = nb.notebooks()
+NAMES = ["01_naive_server", "02_dynamic_batching", "03_blocking_the_event_loop", "04_circuit_breaking",
+         "05_choosing_a_variant"]
+
+
+def test_the_five_notebooks_are_there_in_order():
+    assert [p.stem for p in NOTEBOOKS] == NAMES
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_committed_notebook_is_clean_and_matches_its_py_twin(path):
+    import jupytext
+
+    notebook = nbformat.read(path, as_version=4)
+    nbformat.validate(notebook)
+    for cell in notebook.cells:
+        if cell.cell_type == "code":
+            assert cell.outputs == [] and cell.execution_count is None, f"{path.name} has outputs: strip them"
+    twin = jupytext.read(path.with_suffix(".py"))
+    cells = [(c.cell_type, c.source) for c in notebook.cells]
+    assert cells == [(c.cell_type, c.source) for c in twin.cells], (
+        f"{path.name} differs from its .py twin: run `jupytext --to ipynb {path.with_suffix('.py')}`"
+    )
+    code = [c for c in notebook.cells if c.cell_type == "code"]
+    assert "nb.banner()" in code[0].source, "the first code cell prints the versions and the machine"
+    parameters = [c for c in code if "parameters" in c.metadata.get("tags", [])]
+    assert len(parameters) == 1, "one cell tagged 'parameters' (papermill style)"
+    assert 'os.environ.get("SERVELAB_QUICK", "1") == "1"' in parameters[0].source
+    assert "SERVELAB_RESULTS" in parameters[0].source
+    sources = "".join(c.source for c in code)
+    assert "import locust" not in sources, "locust hangs a kernel: run it as a subprocess"
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    """One results folder for all five, as run_all.py does: the ceiling is measured once."""
+    return tmp_path_factory.mktemp("notebook-results")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_runs_in_quick_mode(path, results):
+    out = results / "executed" / path.name
+    executed = nb.execute(path, out, quick=True, results=results, timeout_s=540)
+    outputs = [o for c in executed.cells if c.cell_type == "code" for o in c.outputs]
+    errors = [o for o in outputs if o.output_type == "error"]
+    assert not errors, errors
+    folder = results / path.stem
+    assert list(folder.glob("*.png")), f"{path.name} saved no figure under {folder}"
+    assert list(folder.glob("*.csv")), f"{path.name} saved no CSV under {folder}"
