@@ -100,7 +100,7 @@ nb.write_csv(OUT / "summary.csv", summary)
 
 # %%
 burst = BURSTS[-1]
-fig, axes = plt.subplots(len(VARIANTS), 1, figsize=(11, 2.2 * len(VARIANTS)), sharex=True, sharey=True)
+fig, axes = plt.subplots(len(VARIANTS), 1, figsize=(11, 2.2 * len(VARIANTS)), sharex=True)
 nb.plot_health_during(axes, traces, [s for s in samples if s["burst"] == burst])
 axes[-1].set_xlabel(f"time since a burst of {burst} inputs of {WORDS} words was sent (ms)")
 fig.tight_layout()
