@@ -21,7 +21,7 @@ setup: $(STAMP)  ## create .venv and install everything (once)
 demo: $(STAMP)  ## start deadline.py on the default model, query it, stop it
 	$(PY) -m servelab.demo
 
-test: $(STAMP)  ## the test suite (CPU, offline, about 5 minutes)
+test: $(STAMP)  ## the test suite, notebooks in quick mode included (CPU, offline, about 8 minutes)
 	$(PY) -m pytest
 
 lab: $(STAMP)  ## open the walkthrough notebooks in JupyterLab
