@@ -39,9 +39,11 @@ class BatchStart:
 class RequestError(Exception):
     """A request refused before or instead of an answer, with its status and one-line reason."""
 
-    def __init__(self, status: int, reason: str, headers: dict[str, str] | None = None):
+    def __init__(self, status: int, reason: str, headers: dict[str, str] | None = None,
+                 request_id: str | None = None):
         super().__init__(reason)
         self.status, self.reason, self.headers = status, reason, headers or {}
+        self.request_id = request_id  # the job's id once it has one, so that logs and client agree
 
 
 class Server:
@@ -175,11 +177,12 @@ class Server:
             return Response(encode_json(job.future.result()), media_type="application/json",
                             headers={"X-Request-ID": job.id})
         if isinstance(error, QueueTimeout):
-            raise RequestError(504, str(error))
+            raise RequestError(504, str(error), request_id=job.id)
         if isinstance(error, ServiceUnavailable):
-            raise RequestError(503, str(error))
-        # The traceback is in the server log (models.LoadedModel.predict); the client gets its id.
-        raise RequestError(500, f"the model failed on this input: {type(error).__name__}")
+            raise RequestError(503, str(error), request_id=job.id)
+        # The traceback goes to the server log under the id the client gets, never to the client.
+        log.error("request %s: the model failed on its input", job.id, exc_info=error)
+        raise RequestError(500, f"the model failed on this input: {type(error).__name__}", request_id=job.id)
 
     # -- the model worker's side --------------------------------------------------------
 
@@ -243,7 +246,7 @@ class Server:
     async def info(self, request: Request) -> Response:
         return JSONResponse({
             "variant": self.variant,
-            "settings": asdict(self.settings) if hasattr(self.settings, "__dataclass_fields__") else {},
+            "settings": asdict(self.settings),
             "model": self.model.describe(),
             "versions": versions(),
         })
@@ -253,7 +256,7 @@ class Server:
 
     async def refuse(self, request: Request, exc: RequestError) -> Response:
         """Exception handler: a JSON error with the request's id; never a traceback."""
-        request_id = new_request_id()
+        request_id = exc.request_id or new_request_id()
         body = {"error": exc.reason, "status": exc.status, "request_id": request_id}
         return JSONResponse(body, exc.status, headers={"X-Request-ID": request_id, **exc.headers})
 

@@ -27,7 +27,7 @@ def test_every_caller_gets_its_own_answer(variant):
     assert sorted(model.seen) == sorted(bodies), "each input computed exactly once"
 
 
-def test_a_failing_input_fails_alone_and_the_loop_survives(variant):
+def test_a_failing_input_fails_alone_and_the_loop_survives(variant, caplog):
     model = FakeModel(batch_seconds=0.02)
     with serve_in_thread(variant, BREAKER_OFF, model=model) as (url, _):
         bodies = [f"ok {i}" for i in range(10)] + ["POISON"] + [f"ok {i}" for i in range(10, 20)]
@@ -39,6 +39,10 @@ def test_a_failing_input_fails_alone_and_the_loop_survives(variant):
             error = reply.json()
             assert error["request_id"] and "ValueError" in error["error"]
             assert "Traceback" not in reply.text
+            # The client's id is the one its traceback is logged under.
+            assert reply.headers["x-request-id"] == error["request_id"]
+            logged = [r for r in caplog.records if error["request_id"] in r.getMessage()]
+            assert logged and logged[0].exc_info is not None
         else:
             assert reply.status_code == 200 and reply.json() == {"echo": body}
     assert after.status_code == 200 and after.json() == {"echo": "still there?"}
