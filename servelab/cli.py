@@ -15,22 +15,23 @@ from servelab.server import SHUTDOWN_GRACE_S, Server
 
 @dataclass
 class Settings:
-    host: str = "127.0.0.1"
-    port: int = 8000
-    model: str | None = None
-    task: str | None = None
-    device: str = "auto"
-    online: bool = False
-    torch_threads: int | None = None
-    max_body_bytes: int = 64 * 1024
-    max_wait_ms: float | None = None
-    max_batch_size: int | None = None
-    max_queue: int | None = None
-    queue_timeout_ms: float | None = None
-    trace: str | None = None
-    log_level: str = "info"
-    access_log: bool = False
+    """One variant's flags, as parsed; the defaults and their help live in build_parser alone."""
 
+    host: str
+    port: int
+    model: str | None
+    task: str | None
+    device: str
+    online: bool
+    torch_threads: int | None
+    max_body_bytes: int
+    max_queue: int | None
+    queue_timeout_ms: float | None
+    trace: str | None
+    log_level: str
+    access_log: bool
+    max_wait_ms: float | None = None  # None: this variant has no such flag
+    max_batch_size: int | None = None
 
 class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
     pass
