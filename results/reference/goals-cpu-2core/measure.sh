@@ -1,5 +1,5 @@
 #!/bin/bash
-cd /work/main
+cd "$(dirname "$0")/../../.."
 PY=${PY:-.venv/bin/python}
 set -x
 $PY -m servelab ceiling
