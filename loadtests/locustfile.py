@@ -6,7 +6,8 @@
     locust -f loadtests --headless --scenario open --offered-rate 40 -t 30s --host ...   # (c)
     locust -f loadtests --headless --scenario spike --capacity-rate 60 --host ...        # (d)
 
-Every option below can also come from its SERVELAB_* environment variable; see README.md.
+Every option (the table in _options.py) can also come from its SERVELAB_* environment variable;
+see README.md.
 A closed-loop user waits for each answer before sending again, so when the server slows down
 the offered load drops with it and the slowdown hides (coordinated omission). The open-loop
 scenarios send on a schedule drawn before the test, whatever the answers, and time each request
@@ -31,11 +32,10 @@ from locust import FastHttpUser, events, task
 # Sibling modules; Locust puts this folder on sys.path while it imports a locustfile.
 import _shapes as shapes  # isort: skip
 from _inputs import Inputs, load_prompts  # isort: skip
+from _options import DEFAULTS, OPTIONS, add_option  # isort: skip
 from _request_log import RequestLog  # isort: skip
 
 log = logging.getLogger("loadtests")
-
-SCENARIOS = ("steady", "ramp", "open", "spike")
 
 PROMPTS = load_prompts()
 REQUEST_LOG = RequestLog()
@@ -54,104 +54,11 @@ def now() -> float:
 @events.init_command_line_parser.add_listener
 def add_arguments(parser):
     group = parser.add_argument_group("servelab", "Options of the servelab load tests (loadtests/README.md)")
-    group.add_argument(
-        "--scenario",
-        choices=SCENARIOS,
-        default="steady",
-        env_var="SERVELAB_SCENARIO",
-        help="steady: -u closed-loop users; ramp: users in steps; open: Poisson arrivals "
-        "at --offered-rate; spike: open loop, --spike-factor x --capacity-rate for a while",
-    )
-    group.add_argument(
-        "--seed", type=int, default=0, env_var="SERVELAB_SEED", help="seeds the inputs and the arrival times"
-    )
-    group.add_argument(
-        "--request-log",
-        default="",
-        env_var="SERVELAB_REQUEST_LOG",
-        help="CSV file for one row per request (intended/actual send, latency, status)",
-    )
-    group.add_argument(
-        "--think-time-ms",
-        type=float,
-        default=0.0,
-        env_var="SERVELAB_THINK_TIME_MS",
-        help="closed loop: pause after each answer",
-    )
-    group.add_argument(
-        "--offered-rate",
-        type=float,
-        default=10.0,
-        env_var="SERVELAB_OFFERED_RATE",
-        help="open: mean arrivals per second",
-    )
-    group.add_argument(
-        "--arrivals",
-        choices=("poisson", "uniform"),
-        default="poisson",
-        env_var="SERVELAB_ARRIVALS",
-        help="open/spike: gaps drawn exponential, or all equal",
-    )
-    group.add_argument(
-        "--late-ms",
-        type=float,
-        default=10.0,
-        env_var="SERVELAB_LATE_MS",
-        help="open/spike: a send later than this after its due time counts as late",
-    )
-    group.add_argument(
-        "--max-in-flight",
-        type=int,
-        default=5000,
-        env_var="SERVELAB_MAX_IN_FLIGHT",
-        help="open/spike: requests waiting for answers at once; past it, sends wait (and are late)",
-    )
-    group.add_argument(
-        "--drain-s",
-        type=float,
-        default=30.0,
-        env_var="SERVELAB_DRAIN_S",
-        help="open/spike: at the end, how long to wait for answers still due",
-    )
-    group.add_argument(
-        "--request-timeout-s",
-        type=float,
-        default=60.0,
-        env_var="SERVELAB_REQUEST_TIMEOUT_S",
-        help="give up on an answer after this long (status 0)",
-    )
-    group.add_argument("--ramp-start-users", type=int, default=1, env_var="SERVELAB_RAMP_START_USERS")
-    group.add_argument("--ramp-step-users", type=int, default=2, env_var="SERVELAB_RAMP_STEP_USERS")
-    group.add_argument("--ramp-step-s", type=float, default=10.0, env_var="SERVELAB_RAMP_STEP_S")
-    group.add_argument("--ramp-max-users", type=int, default=32, env_var="SERVELAB_RAMP_MAX_USERS")
-    group.add_argument(
-        "--capacity-rate",
-        type=float,
-        default=50.0,
-        env_var="SERVELAB_CAPACITY_RATE",
-        help="spike: the server's capacity in requests per second (measure it first)",
-    )
-    group.add_argument(
-        "--spike-factor",
-        type=float,
-        default=3.0,
-        env_var="SERVELAB_SPIKE_FACTOR",
-        help="spike: offered rate during the spike, as a multiple of --capacity-rate",
-    )
-    group.add_argument(
-        "--spike-baseline",
-        type=float,
-        default=0.5,
-        env_var="SERVELAB_SPIKE_BASELINE",
-        help="spike: offered rate before and after, as a fraction of --capacity-rate",
-    )
-    group.add_argument("--spike-before-s", type=float, default=10.0, env_var="SERVELAB_SPIKE_BEFORE_S")
-    group.add_argument("--spike-s", type=float, default=10.0, env_var="SERVELAB_SPIKE_S")
-    group.add_argument("--spike-after-s", type=float, default=20.0, env_var="SERVELAB_SPIKE_AFTER_S")
-    # Argument groups lack Locust's include_in_web_ui keyword; the web UI reads the attribute.
-    # The scenario is fixed at start-up (it picks the shape), so the UI does not offer it.
-    for action in group._group_actions:
-        action.include_in_web_ui = action.dest != "scenario"
+    for option in OPTIONS:
+        action = add_option(group, option.name, env_var=True)
+        # Argument groups lack Locust's include_in_web_ui keyword; the web UI reads the attribute.
+        # The scenario is fixed at start-up (it picks the shape), so the UI does not offer it.
+        action.include_in_web_ui = option.name != "scenario"
 
 
 def rate_phases(options) -> list[shapes.RatePhase]:
@@ -225,7 +132,7 @@ def drain_open_loop(environment, **_kwargs):
     users = list(_open_loop_users)
     for user in users:
         user.arrivals_open = False
-    drain_s = environment.parsed_options.drain_s if environment.parsed_options else 30.0
+    drain_s = environment.parsed_options.drain_s if environment.parsed_options else DEFAULTS["drain_s"]
     deadline = time.monotonic() + drain_s
     for user in users:
         user.in_flight.join(timeout=max(0.0, deadline - time.monotonic()))
@@ -288,9 +195,9 @@ class ClosedLoopUser(FastHttpUser):
     def on_start(self):
         self.number = next(_user_numbers)
         options = self.environment.parsed_options
-        seed = options.seed if options else 0
+        seed = options.seed if options else DEFAULTS["seed"]
         self.inputs = Inputs(PROMPTS, f"{seed}:user:{self.number}", SERVER["mask_token"])
-        self.think_s = (options.think_time_ms if options else 0.0) / 1000
+        self.think_s = (options.think_time_ms if options else DEFAULTS["think_time_ms"]) / 1000
         self.seq = itertools.count()
 
     def wait_time(self):
@@ -310,14 +217,16 @@ class OpenLoopUser(FastHttpUser):
     --max-in-flight reached) the send is late; late sends are counted, and logged at the end.
     """
 
-    concurrency = 5000  # connections in the pool; set from --max-in-flight
+    concurrency = DEFAULTS["max_in_flight"]  # connections in the pool; set from --max-in-flight
 
     def on_start(self):
         options = self.environment.parsed_options
-        self.seed = options.seed if options else 0
-        self.late_ms = options.late_ms if options else 10.0
-        self.poisson = (options.arrivals if options else "poisson") == "poisson"
-        self.rate_at = shapes.rate_at(rate_phases(options) if options else shapes.constant_rate(10.0))
+        # Without options (Locust used as a library), the table's defaults.
+        self.seed = options.seed if options else DEFAULTS["seed"]
+        self.late_ms = options.late_ms if options else DEFAULTS["late_ms"]
+        self.poisson = (options.arrivals if options else DEFAULTS["arrivals"]) == "poisson"
+        phases = rate_phases(options) if options else shapes.constant_rate(DEFAULTS["offered_rate"])
+        self.rate_at = shapes.rate_at(phases)
         self.inputs = Inputs(PROMPTS, f"{self.seed}:inputs", SERVER["mask_token"])
         self.slots = BoundedSemaphore(options.max_in_flight if options else self.concurrency)
         self.in_flight = Group()

@@ -18,6 +18,20 @@ import sys
 from pathlib import Path
 
 from servelab.bench.ceiling import DEFAULT_BATCH_SIZES, RESULTS
+from servelab.bench.loadgen import LOAD_OPTIONS
+
+# Options passed on to the load tests as they are: name, type, default and help come from their
+# table (loadtests/_options.py), so Locust and this command line cannot disagree.
+PASSED_ON = (
+    "arrivals",
+    "late_ms",
+    "drain_s",
+    "request_timeout_s",
+    "spike_baseline",
+    "spike_before_s",
+    "spike_s",
+    "spike_after_s",
+)
 
 SERVER_FLAGS = {  # flag: (type, help); None = the server's own default, not passed
     "model": (str, "model folder or cached hub id (default: the packaged all-MiniLM-L6-v2)"),
@@ -90,41 +104,19 @@ def add_server_options(parser: argparse.ArgumentParser, as_lists: bool = False) 
 def add_load_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("load (see loadtests/README.md)")
     group.add_argument("--duration", type=float, default=10.0, help="seconds of load (open and steady)")
-    group.add_argument("--arrivals", choices=("poisson", "uniform"), default="poisson", help="open-loop gaps")
-    group.add_argument("--late-ms", type=float, default=10.0, help="a send later than this counts as late")
-    group.add_argument(
-        "--drain-s", type=float, default=30.0, help="open loop: wait this long for the last answers"
-    )
-    group.add_argument("--request-timeout-s", type=float, default=60.0, help="client gives up after this")
-    group.add_argument(
-        "--capacity-rate",
-        type=float,
+    for name in PASSED_ON:
+        LOAD_OPTIONS.add_option(group, name)
+    # Locust's default capacity is a placeholder; here the measured ceiling stands in for it.
+    LOAD_OPTIONS.add_option(
+        group,
+        "capacity_rate",
         default=None,
         help="spike: the server's capacity in req/s (default: the ceiling)",
-    )
-    group.add_argument(
-        "--spike-baseline", type=float, default=0.5, help="spike: rate before/after, x capacity"
-    )
-    group.add_argument(
-        "--spike-before-s", type=float, default=10.0, help="spike: seconds at the baseline first"
-    )
-    group.add_argument("--spike-s", type=float, default=10.0, help="spike: seconds at the peak")
-    group.add_argument(
-        "--spike-after-s", type=float, default=20.0, help="spike: seconds at the baseline after"
     )
 
 
 def load_options(args) -> dict:
-    return {
-        "arrivals": args.arrivals,
-        "late_ms": args.late_ms,
-        "drain_s": args.drain_s,
-        "request_timeout_s": args.request_timeout_s,
-        "spike_baseline": args.spike_baseline,
-        "spike_before_s": args.spike_before_s,
-        "spike_s": args.spike_s,
-        "spike_after_s": args.spike_after_s,
-    }
+    return {name: getattr(args, name) for name in PASSED_ON}
 
 
 def server_args(args, extra: list[str]) -> list[str]:
@@ -154,20 +146,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     what = bench.add_mutually_exclusive_group()
     what.add_argument(
-        "--rate", type=float, default=None, help="open loop: Poisson arrivals per second (default 10)"
+        "--rate",
+        type=float,
+        default=None,
+        help=f"open loop: Poisson arrivals per second (default {LOAD_OPTIONS.DEFAULTS['offered_rate']:g})",
     )
     what.add_argument("--users", type=int, default=None, help="closed loop: this many users")
-    bench.add_argument(
-        "--scenario",
-        choices=("open", "steady", "spike", "ramp"),
-        default=None,
-        help="default: open with --rate, steady with --users",
+    LOAD_OPTIONS.add_option(
+        bench, "scenario", default=None, help="default: open with --rate, steady with --users"
     )
-    bench.add_argument("--spike-factor", type=float, default=3.0, help="spike: peak rate, x capacity")
-    bench.add_argument("--ramp-start-users", type=int, default=1, help="ramp: users in the first step")
-    bench.add_argument("--ramp-step-users", type=int, default=2, help="ramp: users added per step")
-    bench.add_argument("--ramp-step-s", type=float, default=10.0, help="ramp: seconds per step")
-    bench.add_argument("--ramp-max-users", type=int, default=32, help="ramp: the last step")
+    for name in ("spike_factor", "ramp_start_users", "ramp_step_users", "ramp_step_s", "ramp_max_users"):
+        LOAD_OPTIONS.add_option(bench, name)
     bench.add_argument(
         "--find-max-rate",
         action="store_true",
@@ -272,7 +261,7 @@ def cmd_bench(args, extra: list[str]) -> int:
     scenario = args.scenario or ("steady" if args.users else "open")
     options = load_options(args)
     if scenario == "open":
-        load = Load.open(rate=args.rate or 10.0, duration_s=args.duration, **options)
+        load = Load.open(rate=args.rate or Load.rate, duration_s=args.duration, **options)
     elif scenario == "steady":
         load = Load.steady(users=args.users or 4, duration_s=args.duration, **options)
     elif scenario == "spike":

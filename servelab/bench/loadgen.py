@@ -5,6 +5,7 @@ process with gevent, which hangs a Jupyter kernel), and the per-request rows it 
 from __future__ import annotations
 
 import csv
+import importlib.util
 import math
 import os
 import subprocess
@@ -13,8 +14,24 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from servelab.bench.corpus import LOADTESTS, REPO
-from servelab.process import pinning
-from servelab.process import stop_group, tail
+from servelab.process import pinning, stop_group, tail
+
+
+def _load_options_table():
+    """loadtests/_options.py, the one table of the load tests' options (names, types, defaults,
+    help). loadtests/ is a folder of Locust files, not a package, so it is loaded by its path;
+    it imports only the standard library, never Locust."""
+    name = "servelab_loadtest_options"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, LOADTESTS / "_options.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+LOAD_OPTIONS = _load_options_table()
+DEFAULTS = LOAD_OPTIONS.DEFAULTS
 
 
 class LoadError(RuntimeError):
@@ -32,24 +49,25 @@ class Load:
     ramp: closed-loop users in steps (ramp_*), as long as the steps take.
     """
 
-    scenario: str = "open"
-    rate: float | None = 10.0
+    # The defaults are the load tests' own (loadtests/_options.py), except where noted.
+    scenario: str = "open"  # Locust's is steady; a benchmark measures open-loop arrivals
+    rate: float | None = DEFAULTS["offered_rate"]
     users: int | None = None
-    duration_s: float = 10.0
-    capacity_rate: float | None = None
-    spike_factor: float = 3.0
-    spike_baseline: float = 0.5
-    spike_before_s: float = 10.0
-    spike_s: float = 10.0
-    spike_after_s: float = 20.0
-    ramp_start_users: int = 1
-    ramp_step_users: int = 2
-    ramp_step_s: float = 10.0
-    ramp_max_users: int = 32
-    arrivals: str = "poisson"
-    late_ms: float = 10.0
-    request_timeout_s: float = 60.0
-    drain_s: float = 30.0
+    duration_s: float = 10.0  # Locust's -t, which has no default
+    capacity_rate: float | None = None  # a spike needs it given: the server's, not a guess
+    spike_factor: float = DEFAULTS["spike_factor"]
+    spike_baseline: float = DEFAULTS["spike_baseline"]
+    spike_before_s: float = DEFAULTS["spike_before_s"]
+    spike_s: float = DEFAULTS["spike_s"]
+    spike_after_s: float = DEFAULTS["spike_after_s"]
+    ramp_start_users: int = DEFAULTS["ramp_start_users"]
+    ramp_step_users: int = DEFAULTS["ramp_step_users"]
+    ramp_step_s: float = DEFAULTS["ramp_step_s"]
+    ramp_max_users: int = DEFAULTS["ramp_max_users"]
+    arrivals: str = DEFAULTS["arrivals"]
+    late_ms: float = DEFAULTS["late_ms"]
+    request_timeout_s: float = DEFAULTS["request_timeout_s"]
+    drain_s: float = DEFAULTS["drain_s"]
 
     @classmethod
     def open(cls, rate: float, duration_s: float = 10.0, **kwargs) -> Load:
@@ -60,7 +78,7 @@ class Load:
         return cls(scenario="steady", rate=None, users=users, duration_s=duration_s, **kwargs)
 
     @classmethod
-    def spike(cls, capacity_rate: float, factor: float = 3.0, **kwargs) -> Load:
+    def spike(cls, capacity_rate: float, factor: float = DEFAULTS["spike_factor"], **kwargs) -> Load:
         return cls(scenario="spike", rate=None, capacity_rate=capacity_rate, spike_factor=factor, **kwargs)
 
     def at_rate(self, rate: float) -> Load:
@@ -96,7 +114,7 @@ class Load:
                 raise ValueError("a steady load needs users > 0")
             # --stop-timeout: requests in flight at the end get their answers, not a kill.
             users = str(self.users)
-            return common + ["-u", users, "-r", users, "-t", run_time] + flags(stop_timeout=stop_timeout)
+            return [*common, "-u", users, "-r", users, "-t", run_time, *flags(stop_timeout=stop_timeout)]
         if self.scenario == "spike":
             if not self.capacity_rate:
                 raise ValueError("a spike load needs capacity_rate (the server's capacity in req/s)")
@@ -165,7 +183,9 @@ def run_locust(
             stdin=subprocess.DEVNULL,
             env=dict(os.environ, PYTHONUNBUFFERED="1"),
             start_new_session=True,
-            preexec_fn=pinning(cores),
+            # Safe here: the function only calls sched_setaffinity, which takes no lock a thread
+            # of this process could hold at the fork.
+            preexec_fn=pinning(cores),  # noqa: PLW1509
         )
         try:
             code = process.wait(timeout=timeout_s)
