@@ -5,12 +5,12 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test test-fast lab bench ceiling clean help
+.PHONY: setup demo lint test test-fast lab bench ceiling clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
-$(STAMP): requirements.txt pyproject.toml
+$(STAMP): requirements.txt $(wildcard requirements/*.txt) pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "Python 3.11 is needed (torch==2.13.0 is pinned for it); set PYTHON=python3.11")'
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt -e .
@@ -21,8 +21,14 @@ setup: $(STAMP)  ## create .venv and install everything (once)
 demo: $(STAMP)  ## start deadline.py on the default model, query it, stop it
 	$(PY) -m servelab.demo
 
-test: $(STAMP)  ## the test suite, notebooks in quick mode included (CPU, offline, about 8 minutes)
+lint: $(STAMP)  ## ruff, with the rules chosen in pyproject.toml
+	$(VENV)/bin/ruff check .
+
+test: lint  ## ruff, then the test suite, notebooks in quick mode included (CPU, offline, about 8 minutes)
 	$(PY) -m pytest
+
+test-fast: lint  ## ruff, then the tests without the slow ones (no notebook execution; about 3 minutes)
+	$(PY) -m pytest -m "not slow"
 
 lab: $(STAMP)  ## open the walkthrough notebooks in JupyterLab
 	$(VENV)/bin/jupyter lab notebooks/
