@@ -83,7 +83,7 @@ def sentence(rng: random.Random, target_words: int) -> str:
         parts[0] = f"{rng.choice(OPENERS)}, {parts[0]}"
     while len(" ".join(parts).split()) < target_words:
         nxt = f"{rng.choice(CONNECTORS)} {clause(rng)}"
-        if len(" ".join(parts + [nxt]).split()) > MAX_WORDS:
+        if len(" ".join([*parts, nxt]).split()) > MAX_WORDS:
             break
         parts.append(nxt)
     text = " ".join(parts)

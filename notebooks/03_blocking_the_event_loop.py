@@ -70,7 +70,7 @@ for variant, args in VARIANTS.items():
             before = server.metrics_text()
             with nb.Prober(server.url, period_s=PROBE_PERIOD_S) as probe:
                 time.sleep(0.1)
-                answers = nb.send_schedule(server.url, bodies + [b""], [0.0] * burst + [BAD_REQUEST_AT_S])
+                answers = nb.send_schedule(server.url, [*bodies, b""], [0.0] * burst + [BAD_REQUEST_AT_S])
                 time.sleep(0.1)
             after = server.metrics_text()
             batches = nb.read_trace(trace)

@@ -124,8 +124,8 @@ for name, rows in timelines.items():
 
 # %%
 points_csv = nb.fresh(OUT / "breaker_curves.csv", REUSE_SWEEPS)
-common = dict(duration_s=CURVE_DURATION_S, out=points_csv, slo_ms=SLO_MS, ceiling=CEILING,
-              results_dir=RESULTS, progress_bar=False, progress=None)
+common = {"duration_s": CURVE_DURATION_S, "out": points_csv, "slo_ms": SLO_MS, "ceiling": CEILING,
+          "results_dir": RESULTS, "progress_bar": False, "progress": None}
 sweep(["thread_offloaded"], {"max_queue": QUEUE_LIMITS, "queue_timeout_ms": [OFF]}, [OVERLOAD], **common)
 sweep(["thread_offloaded"], {"max_queue": [OFF], "queue_timeout_ms": QUEUE_TIMEOUTS_MS}, [OVERLOAD], **common)
 points = nb.read_csv(points_csv)

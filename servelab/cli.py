@@ -49,8 +49,10 @@ def build_parser(variant: str, doc: str, defaults: dict) -> argparse.ArgumentPar
     add("--device", default="auto", help="auto, cpu, cuda or cuda:N (auto: cuda when torch sees one)")
     add("--online", action="store_true", help="allow downloading --model from the Hugging Face hub "
         "(default: offline, only folders and the local cache)")
-    add("--torch-threads", type=int, default=None, help="torch intra-op threads (default: torch's own choice)")
-    add("--max-body-bytes", type=int, default=64 * 1024, help="larger bodies get 413 without being read whole")
+    add("--torch-threads", type=int, default=None,
+        help="torch intra-op threads (default: torch's own choice)")
+    add("--max-body-bytes", type=int, default=64 * 1024,
+        help="larger bodies get 413 without being read whole")
     if "max_wait_ms" in defaults:
         add("--max-wait-ms", type=float, default=defaults["max_wait_ms"], help=defaults["max_wait_ms_help"])
     if "max_batch_size" in defaults:
@@ -79,7 +81,8 @@ def parse_settings(variant: str, doc: str, defaults: dict, argv: list[str] | Non
 def main(variant: str, doc: str, defaults: dict, build_app, argv: list[str] | None = None) -> None:
     """Parse the flags, load the model once, serve until SIGTERM or Ctrl-C."""
     settings = parse_settings(variant, doc, defaults, argv)
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log_format = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    logging.basicConfig(level=settings.log_level.upper(), format=log_format)
     server = Server(variant, settings)
     try:
         server.load_model()

@@ -20,11 +20,14 @@ SENTENCES = [
 
 
 def cosine(a: list[float], b: list[float]) -> float:
-    return sum(x * y for x, y in zip(a, b)) / math.sqrt(sum(x * x for x in a) * sum(y * y for y in b))
+    dot = sum(x * y for x, y in zip(a, b, strict=True))
+    return dot / math.sqrt(sum(x * x for x in a) * sum(y * y for y in b))
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--variant", default="deadline", help="which server_variants/ file to start")
     args = parser.parse_args(argv)
     print(f"starting server_variants/{args.variant}.py on the packaged all-MiniLM-L6-v2 (offline)...")
@@ -39,9 +42,11 @@ def main(argv: list[str] | None = None) -> None:
             reply.raise_for_status()
             vector = reply.json()
             embeddings.append(vector)
-            print(f"POST {text!r:48} -> 200, {len(vector)} floats [{vector[0]:+.4f}, {vector[1]:+.4f}, ...]")
-        print(f"\ncosine(sentence 1, sentence 2) = {cosine(embeddings[0], embeddings[1]):.3f}  (similar meaning)")
-        print(f"cosine(sentence 1, sentence 3) = {cosine(embeddings[0], embeddings[2]):.3f}  (unrelated)")
+            head = f"[{vector[0]:+.4f}, {vector[1]:+.4f}, ...]"
+            print(f"POST {text!r:48} -> 200, {len(vector)} floats {head}")
+        similar, unrelated = cosine(embeddings[0], embeddings[1]), cosine(embeddings[0], embeddings[2])
+        print(f"\ncosine(sentence 1, sentence 2) = {similar:.3f}  (similar meaning)")
+        print(f"cosine(sentence 1, sentence 3) = {unrelated:.3f}  (unrelated)")
         bad = httpx.post(server.url + "/", content=b"   ")
         print(f"\nPOST '   ' -> {bad.status_code} {bad.json()['error']}")
         again = httpx.post(server.url + "/", content=b"still serving?")

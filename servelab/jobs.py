@@ -13,7 +13,6 @@ import asyncio
 import itertools
 import os
 from dataclasses import dataclass, field
-from typing import Any
 
 
 class QueueFull(Exception):

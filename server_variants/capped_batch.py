@@ -52,7 +52,9 @@ async def model_loop(server: Server) -> None:
     """The one worker that owns the model: take a batch, run it, answer each request."""
     while True:
         settings = server.settings
-        batch, close_reason = await collect_batch(server.queue, settings.max_wait_ms / 1000, settings.max_batch_size)
+        batch, close_reason = await collect_batch(
+            server.queue, settings.max_wait_ms / 1000, settings.max_batch_size
+        )
         start = server.begin_batch(batch, close_reason)
         outcomes = server.model.predict([job.text for job in batch])  # blocks the event loop
         server.end_batch(batch, outcomes, start)

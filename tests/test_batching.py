@@ -36,7 +36,9 @@ def test_per_get_timeout_keeps_the_first_request_waiting_under_a_trickle():
         queue = JobQueue()
         # Every ~0.3 ms: thread wake-ups jitter, and one gap over 1 ms would end the batch early.
         producer = trickle(queue, every_s=0.0003, count=200)
-        while queue.qsize() < 5:  # the trickle is flowing: a cold thread start is not a gap
+        # The trickle is flowing: a cold thread start is not a gap. (A thread fills the queue, so
+        # there is no event to await: poll.)
+        while queue.qsize() < 5:  # noqa: ASYNC110
             await asyncio.sleep(0.0005)
         batch, reason = await per_get_timeout.collect_batch(queue, get_timeout_s=0.001)
         waited = loop.time() - batch[0].started

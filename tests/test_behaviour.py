@@ -11,9 +11,9 @@ from tests.conftest import BREAKER_OFF, post, serve_in_thread
 from tests.fakes import FakeModel
 
 
-async def post_many(url: str, bodies: list[str], timeout: float = 30) -> list[httpx.Response]:
+async def post_many(url: str, bodies: list[str], client_timeout_s: float = 30) -> list[httpx.Response]:
     limits = httpx.Limits(max_connections=len(bodies))
-    async with httpx.AsyncClient(limits=limits, timeout=timeout) as client:
+    async with httpx.AsyncClient(limits=limits, timeout=client_timeout_s) as client:
         return await asyncio.gather(*(client.post(url + "/", content=b.encode()) for b in bodies))
 
 
@@ -33,22 +33,26 @@ def test_a_failing_input_fails_alone_and_the_loop_survives(variant, caplog):
         bodies = [f"ok {i}" for i in range(10)] + ["POISON"] + [f"ok {i}" for i in range(10, 20)]
         replies = asyncio.run(post_many(url, bodies))
         after = post(url, "still there?")
-    for body, reply in zip(bodies, replies):
+    for body, reply in zip(bodies, replies, strict=True):
         if body == "POISON":
             assert reply.status_code == 500
             error = reply.json()
-            assert error["request_id"] and "ValueError" in error["error"]
+            assert error["request_id"]
+            assert "ValueError" in error["error"]
             assert "Traceback" not in reply.text
             # The client's id is the one its traceback is logged under.
             assert reply.headers["x-request-id"] == error["request_id"]
             logged = [r for r in caplog.records if error["request_id"] in r.getMessage()]
-            assert logged and logged[0].exc_info is not None
+            assert logged
+            assert logged[0].exc_info is not None
         else:
-            assert reply.status_code == 200 and reply.json() == {"echo": body}
-    assert after.status_code == 200 and after.json() == {"echo": "still there?"}
+            assert reply.status_code == 200
+            assert reply.json() == {"echo": body}
+    assert after.status_code == 200
+    assert after.json() == {"echo": "still there?"}
 
 
-@pytest.mark.parametrize("body, content_type, status, words", [
+@pytest.mark.parametrize(("body", "content_type", "status", "words"), [
     (b"\xff\xfe not utf-8", None, 400, "UTF-8"),
     (b"", None, 400, "empty"),
     (b"  \n\t ", None, 400, "empty"),
@@ -79,7 +83,8 @@ def test_a_chunked_body_over_the_limit_gets_413_without_being_read_whole():
 def test_json_body_is_accepted():
     with serve_in_thread("deadline") as (url, _):
         reply = httpx.post(url + "/", json={"inputs": "hello"}, timeout=10)
-    assert reply.status_code == 200 and reply.json() == {"echo": "hello"}
+    assert reply.status_code == 200
+    assert reply.json() == {"echo": "hello"}
 
 
 def test_capped_batch_holds_its_cap_under_a_flood_over_http():
@@ -98,28 +103,32 @@ def test_when_the_model_loop_dies_health_and_requests_answer_503_at_once():
         start = time.monotonic()
         later = post(url, "after")
         elapsed = time.monotonic() - start
-    assert first.status_code == 503 and "model loop ended" in first.json()["error"]
+    assert first.status_code == 503
+    assert "model loop ended" in first.json()["error"]
     assert health.status_code == 503
-    assert later.status_code == 503 and elapsed < 1
+    assert later.status_code == 503
+    assert elapsed < 1
 
 
 def health_latency_during_a_long_batch(variant: str) -> float:
     """Seconds /health takes to answer while the model computes a 500 ms batch."""
-    with serve_in_thread(variant, model=FakeModel(batch_seconds=0.5)) as (url, _):
-        with httpx.Client(timeout=10) as client:
-            client.get(url + "/health")  # connect first: measure the answer, not the handshake
+    with (
+        serve_in_thread(variant, model=FakeModel(batch_seconds=0.5)) as (url, _),
+        httpx.Client(timeout=10) as client,
+    ):
+        client.get(url + "/health")  # connect first: measure the answer, not the handshake
 
-            async def probe():
-                async with httpx.AsyncClient(timeout=10) as aclient:
-                    busy = asyncio.create_task(aclient.post(url + "/", content=b"slow"))
-                    await asyncio.sleep(0.1)  # the batch is now computing
-                    start = time.monotonic()
-                    await asyncio.to_thread(client.get, url + "/health")
-                    elapsed = time.monotonic() - start
-                    assert (await busy).status_code == 200
-                    return elapsed
+        async def probe():
+            async with httpx.AsyncClient(timeout=10) as aclient:
+                busy = asyncio.create_task(aclient.post(url + "/", content=b"slow"))
+                await asyncio.sleep(0.1)  # the batch is now computing
+                start = time.monotonic()
+                await asyncio.to_thread(client.get, url + "/health")
+                elapsed = time.monotonic() - start
+                assert (await busy).status_code == 200
+                return elapsed
 
-            return asyncio.run(probe())
+        return asyncio.run(probe())
 
 
 def test_thread_offloaded_answers_health_while_a_batch_runs():

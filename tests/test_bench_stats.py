@@ -22,7 +22,7 @@ def test_percentile_interpolates_between_closest_ranks():
     assert stats.percentile([7.0], 99) == 7.0
     assert stats.percentile([], 50) is None
     assert stats.percentile([10, 20], 25) == pytest.approx(12.5)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"percentile 101 is not in \[0, 100\]"):
         stats.percentile([1], 101)
 
 
@@ -126,7 +126,8 @@ def test_batch_stats_from_metric_deltas():
 
 def test_batch_stats_without_batches():
     out = stats.batch_stats({}, {})
-    assert out["mean_batch_size"] is None and out["batches"] == 0
+    assert out["mean_batch_size"] is None
+    assert out["batches"] == 0
 
 
 def step_server(capacity: float):
@@ -177,7 +178,8 @@ def test_find_max_rate_when_nothing_passes():
 def test_find_max_rate_respects_max_steps():
     result = stats.find_max_rate(lambda rate: (1.0, {}), slo_ms=50, start_rate=1, max_steps=5)
     assert [s.rate for s in result.steps] == [1, 2, 4, 8, 16]
-    assert result.max_rate == 16 and result.lowest_failing_rate is None
+    assert result.max_rate == 16
+    assert result.lowest_failing_rate is None
 
 
 def test_flatten():
@@ -200,7 +202,7 @@ def test_load_arguments():
     )
     assert spike.offered_rate() == pytest.approx((50 * 30 + 300 * 10) / 40)
     assert Load.steady(users=4).offered_rate() is None
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="needs a rate > 0"):
         Load.open(rate=0).locust_args()
 
 
@@ -209,7 +211,9 @@ def test_corpus_masks_and_spread():
     assert len(prompts) == 1000
     spread = corpus.spread_by_length(prompts, 5)
     lengths = [len(t.split()) for t in spread]
-    assert lengths == sorted(lengths) and lengths[0] == 3 and lengths[-1] == 60
+    assert lengths == sorted(lengths)
+    assert lengths[0] == 3
+    assert lengths[-1] == 60
     masked = corpus.prepare(prompts[:50], "[MASK]")
     assert all(t.count("[MASK]") == 1 for t in masked)
     assert corpus.prepare(prompts[:3], None) == prompts[:3]
@@ -224,4 +228,5 @@ def test_mask_insertion_matches_the_load_tests():
     for i, text in enumerate(corpus.load_prompts()[:100]):
         a = inputs.with_mask(text, "<mask>", random.Random(i))
         b = corpus.with_mask(text, "<mask>", random.Random(i))
-        assert a == b and a.count("<mask>") == 1
+        assert a == b
+        assert a.count("<mask>") == 1

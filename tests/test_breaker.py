@@ -13,7 +13,9 @@ from tests.conftest import post, serve_in_thread
 from tests.fakes import FakeModel
 
 
-async def timed_post(client: httpx.AsyncClient, url: str, body: str) -> tuple[float, httpx.Response | Exception]:
+async def timed_post(
+    client: httpx.AsyncClient, url: str, body: str
+) -> tuple[float, httpx.Response | Exception]:
     start = time.monotonic()
     try:
         reply = await client.post(url + "/", content=body.encode())
@@ -22,11 +24,11 @@ async def timed_post(client: httpx.AsyncClient, url: str, body: str) -> tuple[fl
     return time.monotonic() - start, reply
 
 
-async def open_loop(url: str, rate: float, seconds: float, timeout: float = 30):
+async def open_loop(url: str, rate: float, seconds: float, client_timeout_s: float = 30):
     """Send at a fixed rate whatever the answers (open loop); returns [(body, latency, reply)]."""
     count = int(rate * seconds)
     limits = httpx.Limits(max_connections=count + 10)
-    async with httpx.AsyncClient(limits=limits, timeout=timeout) as client:
+    async with httpx.AsyncClient(limits=limits, timeout=client_timeout_s) as client:
         await client.get(url + "/health")
         tasks = []
         for i in range(count):
@@ -55,13 +57,15 @@ def test_max_queue_sheds_the_excess_at_once_and_never_holds_more_than_the_limit(
     assert max(depths) <= 10
     assert statuses.count(503) > len(results) / 2, "4x overload: most requests must be shed"
     shed = sorted(latency for _, latency, reply in results if reply.status_code == 503)
-    assert shed[int(len(shed) * 0.95)] < 0.02, f"p95 time to a 503: {shed[int(len(shed) * 0.95)] * 1000:.1f} ms"
+    p95 = shed[int(len(shed) * 0.95)]
+    assert p95 < 0.02, f"p95 time to a 503: {p95 * 1000:.1f} ms"
     for body, _, reply in results:
         if reply.status_code == 503:
             assert int(reply.headers["retry-after"]) >= 1
             assert "overloaded" in reply.json()["error"]
         else:
-            assert reply.status_code == 200 and reply.json() == {"echo": body}
+            assert reply.status_code == 200
+            assert reply.json() == {"echo": body}
 
 
 def test_queue_timeout_answers_504_on_time_while_the_model_is_busy_and_never_computes_it():
@@ -118,7 +122,8 @@ def test_waiting_requests_get_503_when_the_server_shuts_down():
         assert time.monotonic() - shutdown_started < SHUTDOWN_GRACE_S + 2
         for future in queued:
             reply = future.result(timeout=10)
-            assert reply.status_code == 503 and "shutting down" in reply.json()["error"]
+            assert reply.status_code == 503
+            assert "shutting down" in reply.json()["error"]
         assert running.result(timeout=10).status_code == 200
     assert model.seen == ["running"]
 
@@ -146,7 +151,7 @@ def test_metrics_parse_and_count_each_request_once_by_its_final_status():
     batches = {s.labels["close_reason"]: s.value for s in families["servelab_batches"].samples
                if s.name == "servelab_batches_total"}
     assert sum(batches.values()) == len(model.batches)
-    size_count = [s.value for s in families["servelab_batch_size"].samples if s.name.endswith("_count")][0]
+    size_count = next(s.value for s in families["servelab_batch_size"].samples if s.name.endswith("_count"))
     assert size_count == len(model.batches)
     for name in ("servelab_queue_depth", "servelab_queue_wait_seconds", "servelab_batch_compute_seconds",
                  "servelab_event_loop_lag_seconds"):
@@ -156,7 +161,8 @@ def test_metrics_parse_and_count_each_request_once_by_its_final_status():
 def test_trace_has_one_consistent_line_per_batch(tmp_path):
     trace = tmp_path / "trace.jsonl"
     model = FakeModel(batch_seconds=0.02)
-    with serve_in_thread("capped_batch", ["--trace", str(trace), "--max-batch-size", "4"], model=model) as (url, _):
+    flags = ["--trace", str(trace), "--max-batch-size", "4"]
+    with serve_in_thread("capped_batch", flags, model=model) as (url, _):
         asyncio.run(open_loop(url, rate=200, seconds=0.3))
     lines = [json.loads(line) for line in trace.read_text().splitlines()]
     assert len(lines) == len(model.batches)

@@ -17,7 +17,8 @@ def test_fifo_and_qsize():
         jobs = [queue.put(str(i)) for i in range(3)]
         assert queue.qsize() == 3
         taken = [await queue.get(), queue.get_nowait(), await queue.get()]
-        assert taken == jobs and queue.empty()
+        assert taken == jobs
+        assert queue.empty()
         assert all(job.started is not None for job in taken)
 
     run(main())

@@ -28,7 +28,8 @@ def test_committed_notebook_is_clean_and_matches_its_py_twin(path):
     nbformat.validate(notebook)
     for cell in notebook.cells:
         if cell.cell_type == "code":
-            assert cell.outputs == [] and cell.execution_count is None, f"{path.name} has outputs: strip them"
+            assert cell.outputs == [], f"{path.name} has outputs: strip them"
+            assert cell.execution_count is None, f"{path.name} has execution counts: strip them"
     twin = jupytext.read(path.with_suffix(".py"))
     cells = [(c.cell_type, c.source) for c in notebook.cells]
     assert cells == [(c.cell_type, c.source) for c in twin.cells], (

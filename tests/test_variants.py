@@ -15,7 +15,10 @@ import pytest
 from servelab.process import VARIANTS, VARIANTS_DIR, ServerProcess
 from tests.conftest import BREAKER_OFF, post
 
-WORDS = "alpha river quiet engine purple market seven garden thunder lamp ocean violin".split()
+WORDS = [
+    "alpha", "river", "quiet", "engine", "purple", "market",
+    "seven", "garden", "thunder", "lamp", "ocean", "violin",
+]
 
 
 def distinct_inputs(count: int) -> list[str]:
@@ -51,7 +54,7 @@ def test_the_request_path_is_identical_in_every_variant():
 
 def test_help_explains_each_flag(variant):
     result = subprocess.run([sys.executable, str(VARIANTS_DIR / f"{variant}.py"), "--help"],
-                            capture_output=True, text=True, timeout=60)
+                            check=False, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     for flag in ("--host", "--port", "--model", "--task", "--device", "--max-queue", "--queue-timeout-ms"):
         assert flag in result.stdout
@@ -63,11 +66,13 @@ def test_help_explains_each_flag(variant):
 def test_a_model_that_cannot_be_had_is_one_clear_line_and_a_nonzero_exit(model):
     start = time.monotonic()
     result = subprocess.run([sys.executable, str(VARIANTS_DIR / "deadline.py"), "--model", model],
-                            capture_output=True, text=True, timeout=60)
+                            check=False, capture_output=True, text=True, timeout=60)
     assert result.returncode != 0
     assert time.monotonic() - start < 30
     lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: ") and model in lines[0], result.stderr
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: "), result.stderr
+    assert model in lines[0], result.stderr
 
 
 def test_concurrent_requests_each_get_the_embedding_of_their_own_input(variant, default_model):
@@ -98,15 +103,17 @@ def test_fill_mask_answers_like_a_direct_call_and_rejects_bad_inputs(variant, ti
             "too long": post(server.url, "[MASK] " + "word " * 200),
         }
         good = post(server.url, "test [MASK]")
-    assert info["model"]["task"] == "fill-mask" and info["model"]["mask_token"] == "[MASK]"
+    assert info["model"]["task"] == "fill-mask"
+    assert info["model"]["mask_token"] == "[MASK]"
     assert all(r.status_code == 200 for r in replies)
-    for text, reply in zip(bodies, replies):
+    for text, reply in zip(bodies, replies, strict=True):
         assert [c["token"] for c in reply.json()] == [c["token"] for c in direct.predict([text])[0]]
     for why, reply in bad.items():
         assert reply.status_code == 400, why
     assert "exactly one [MASK]" in bad["no mask at all"].json()["error"]
     assert "tokens" in bad["too long"].json()["error"]
-    assert good.status_code == 200 and {"score", "token", "token_str", "sequence"} <= set(good.json()[0])
+    assert good.status_code == 200
+    assert {"score", "token", "token_str", "sequence"} <= set(good.json()[0])
 
 
 @pytest.mark.parametrize("variant", ["naive", "thread_offloaded"])
@@ -116,7 +123,8 @@ def test_sigterm_under_load_answers_everyone_and_exits_in_seconds(variant):
 
         async def load_then_terminate():
             async with httpx.AsyncClient(limits=httpx.Limits(max_connections=150), timeout=30) as client:
-                tasks = [asyncio.create_task(client.post(server.url + "/", content=b.encode())) for b in bodies]
+                posts = (client.post(server.url + "/", content=b.encode()) for b in bodies)
+                tasks = [asyncio.create_task(post) for post in posts]
                 await asyncio.sleep(0.5)
                 server.process.send_signal(signal.SIGTERM)
                 return await asyncio.gather(*tasks, return_exceptions=True)
