@@ -26,8 +26,10 @@ DEFAULTS = {
     "max_wait_ms": 2.0,
     "max_wait_ms_help": "a batch starts at most this long after its first request was taken",
     "max_batch_size": 16,
-    # The variant to copy to production, so its circuit breaker is on by default: on a 2-core
-    # CPU (about 65 req/s) a full queue is about one second of work, the longest a request waits.
+    # The variant to copy to production, so its circuit breaker is on by default. On the 2-core
+    # reference CPU it answers 68-77 req/s under a 2x overload (results/reference/: 68.4 in
+    # goals-cpu-2core/, 76.9 in cpu-2core/05_choosing_a_variant/), so a full queue of 64 is under
+    # a second of work, and 1 s is the longest a request waits.
     "max_queue": 64,
     "queue_timeout_ms": 1000.0,
 }
@@ -56,7 +58,9 @@ async def model_loop(server: Server) -> None:
     """The one worker that owns the model: take a batch, run it, answer each request."""
     while True:
         settings = server.settings
-        batch, close_reason = await collect_batch(server.queue, settings.max_wait_ms / 1000, settings.max_batch_size)
+        batch, close_reason = await collect_batch(
+            server.queue, settings.max_wait_ms / 1000, settings.max_batch_size
+        )
         start = server.begin_batch(batch, close_reason)
         # In a worker thread: the event loop keeps accepting, queueing and answering (errors too)
         # while the model computes, so the next batch forms during this one.
