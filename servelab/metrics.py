@@ -22,6 +22,9 @@ class Metrics:
                                     registry=registry)
         self.batch_compute = Histogram("servelab_batch_compute_seconds", "Pipeline time of one batch",
                                        buckets=SECONDS, registry=registry)
+        self.batch_tokens = Counter("servelab_batch_tokens", "Token positions the model computed: real "
+                                    "ones, and all of them with the padding to each batch's longest input",
+                                    ["kind"], registry=registry)
         self.batches = Counter("servelab_batches", "Batches by why they closed", ["close_reason"],
                                registry=registry)
         self.loop_lag = Histogram("servelab_event_loop_lag_seconds", "How late a periodic timer fires: "

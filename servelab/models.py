@@ -64,7 +64,9 @@ def locate_model(model: str | None, online: bool) -> tuple[Path, str, str | None
             raise ModelLoadError(f"model folder {path} has no config.json; is it a saved transformers model?")
         return path.resolve(), str(path), None
     if path.exists() or model.startswith((".", "/", "~")) or not re.fullmatch(r"[\w.-]+(/[\w.-]+)?", model):
-        raise ModelLoadError(f"model {model!r}: no such folder; pass a model folder or a hub id like org/name")
+        raise ModelLoadError(
+            f"model {model!r}: no such folder; pass a model folder or a hub id like org/name"
+        )
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import LocalEntryNotFoundError
 
@@ -142,6 +144,13 @@ class LoadedModel:
             tokens = len(self.pipe.tokenizer(text)["input_ids"])
             if tokens > self.max_tokens:
                 raise BadInput(f"input is {tokens} tokens long; this model takes at most {self.max_tokens}")
+
+    def token_counts(self, texts: list[str]) -> tuple[int, int]:
+        """(real tokens, padded token positions) of these inputs run as one batch: the pipeline
+        pads every input to the batch's longest, and the model computes the padding too."""
+        encoded = self.pipe.tokenizer(texts, truncation=True, max_length=self.max_tokens)
+        lengths = [len(ids) for ids in encoded["input_ids"]]
+        return sum(lengths), max(lengths, default=0) * len(lengths)
 
     def predict(self, texts: list[str]) -> list[Any]:
         """One outcome per input, in order: the pipeline's output, or the exception it raised.

@@ -11,9 +11,9 @@ import contextlib
 import json
 import logging
 import math
-import platform
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 import orjson
 from starlette.requests import Request
@@ -23,6 +23,7 @@ from starlette.routing import Route
 from servelab.jobs import Job, JobQueue, QueueFull, QueueTimeout, ServiceUnavailable, new_request_id
 from servelab.metrics import Metrics
 from servelab.models import BadInput
+from servelab.versions import SERVING, versions
 
 log = logging.getLogger("servelab.server")
 
@@ -78,13 +79,14 @@ class Server:
         self.model = load_model(s.model, s.task, s.device, s.online)
 
     @contextlib.asynccontextmanager
-    async def running(self, model_loop: Callable[["Server"], Awaitable[None]]):
+    async def running(self, model_loop: Callable[[Server], Awaitable[None]]):
         """Lifespan: start the model worker, and on exit answer whatever still waits with 503."""
         s = self.settings
         timeout_s = s.queue_timeout_ms / 1000 if s.queue_timeout_ms else None
         self.queue = JobQueue(s.max_queue or None, timeout_s)  # 0 turns a limit off
         if s.trace:
-            self._trace = open(s.trace, "a", buffering=1)
+            # Opened once, before the server takes requests; closed when the loop ends.
+            self._trace = open(s.trace, "a", buffering=1)  # noqa: ASYNC230, SIM115
         self.loop_task = asyncio.create_task(model_loop(self), name="model-loop")
         self.loop_task.add_done_callback(self._model_loop_ended)
         lag_task = asyncio.create_task(self._watch_loop_lag(), name="loop-lag")
@@ -200,6 +202,10 @@ class Server:
         now = asyncio.get_running_loop().time()
         compute = now - start.at
         self.metrics.batch_compute.observe(compute)
+        # Counted after the batch, off its clock: the tokenizer's pass costs tens of microseconds.
+        real, padded = self.model.token_counts([job.text for job in batch])
+        self.metrics.batch_tokens.labels("real").inc(real)
+        self.metrics.batch_tokens.labels("padded").inc(padded)
         self.batch_count += 1
         self.mean_batch_size += 0.1 * (len(batch) - self.mean_batch_size)
         self.mean_batch_seconds += 0.1 * (compute - self.mean_batch_seconds)
@@ -213,15 +219,15 @@ class Server:
             else:
                 job.future.set_result(outcome)
         if self._trace:
-            self._write_trace(batch, start, now)
+            self._write_trace(batch, start, now, real, padded)
 
-    def _write_trace(self, batch: list[Job], start: BatchStart, ended: float) -> None:
+    def _write_trace(self, batch: list[Job], start: BatchStart, ended: float, real: int, padded: int) -> None:
         # Times are the event loop's monotonic clock, in seconds. A batch opens when its first
         # job is taken and closes when the worker stops collecting and starts the pipeline.
         record = {
             "batch": self.batch_count, "size": len(batch), "close_reason": start.close_reason,
             "opened": batch[0].started, "closed": start.at, "compute_start": start.at,
-            "compute_end": ended,
+            "compute_end": ended, "tokens": real, "padded_tokens": padded,
             "requests": [{"id": j.id, "arrived": j.arrived, "started": j.started, "answered": j.answered}
                          for j in batch],
         }
@@ -248,7 +254,7 @@ class Server:
             "variant": self.variant,
             "settings": asdict(self.settings),
             "model": self.model.describe(),
-            "versions": versions(),
+            "versions": versions(SERVING, missing="not installed"),
         })
 
     async def prometheus(self, request: Request) -> Response:
@@ -316,21 +322,8 @@ def _json_inputs(text: str) -> str:
     try:
         payload = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise RequestError(400, f"malformed JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+        where = f"line {exc.lineno} column {exc.colno}"
+        raise RequestError(400, f"malformed JSON: {exc.msg} at {where}") from None
     if not isinstance(payload, dict) or not isinstance(payload.get("inputs"), str):
         raise RequestError(400, 'JSON body must be {"inputs": "<text>"}')
     return payload["inputs"]
-
-
-def versions() -> dict[str, str]:
-    from importlib.metadata import version
-
-    out = {"python": platform.python_version()}
-    for package in ("torch", "transformers", "starlette", "uvicorn"):
-        try:
-            out[package] = version(package)
-        except Exception:
-            out[package] = "not installed"
-    return out
-
-

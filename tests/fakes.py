@@ -25,6 +25,10 @@ class FakeModel:
     def check_input(self, text: str) -> None:
         pass
 
+    def token_counts(self, texts: list[str]) -> tuple[int, int]:
+        lengths = [len(t.split()) for t in texts]  # a word per token: enough to check the counting
+        return sum(lengths), max(lengths, default=0) * len(lengths)
+
     def predict(self, texts: list[str]) -> list:
         with self.lock:
             self.batches.append((time.monotonic(), list(texts)))
