@@ -6,6 +6,7 @@ imports the server; it only speaks HTTP to it, as a client would.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -15,17 +16,12 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.error
 import urllib.request
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-
-VARIANTS_DIR = REPO / "server_variants"
-VARIANTS = ["naive", "per_get_timeout", "deadline", "capped_batch", "thread_offloaded"]
+from servelab.paths import REPO, VARIANTS_DIR
 
 
 class ServerError(RuntimeError):
@@ -51,6 +47,7 @@ def accepted_flags(variant: str) -> frozenset[str]:
     """The flags a variant's command line takes (from its --help), e.g. naive has no --max-wait-ms."""
     done = subprocess.run(
         [sys.executable, str(variant_path(variant)), "--help"],
+        check=False,
         cwd=REPO,
         env=server_env(),
         capture_output=True,
@@ -223,43 +220,6 @@ class ServerProcess:
             return
         stop_group(process, grace_s)
 
-    def warm_up(self, prompts: list[str], max_batch_size: int = 64, lengths: int = 16, seed: int = 0) -> dict:
-        """Send inputs of every length alone, then in concurrent bursts of growing size.
-
-        Bursts let a batching server form batches of several sizes and paddings, each a new
-        shape to a CPU kernel. Returns counts for the manifest; errors are counted, not raised.
-        """
-        from servelab.bench import corpus  # the load-test corpus: only benchmarks warm up
-
-        mask_token = (self.info or {}).get("model", {}).get("mask_token")
-        spread = corpus.prepare(corpus.spread_by_length(prompts, lengths), mask_token, seed)
-        statuses: dict[str, int] = {}
-        lock = threading.Lock()
-        started = time.perf_counter()
-
-        def send(text: str) -> None:
-            try:
-                code = http("POST", f"{self.url}/", text.encode("utf-8"), timeout=120)[0]
-            except OSError:
-                code = 0
-            with lock:
-                statuses[str(code)] = statuses.get(str(code), 0) + 1
-
-        for text in spread:
-            send(text)
-        burst = 2
-        while burst <= max(2, max_batch_size):
-            texts = [spread[(i * 7) % len(spread)] for i in range(burst)]
-            with ThreadPoolExecutor(burst) as pool:
-                list(pool.map(send, texts))
-            burst *= 2
-        self.check_alive()
-        return {
-            "requests": sum(statuses.values()),
-            "statuses": statuses,
-            "seconds": round(time.perf_counter() - started, 3),
-        }
-
 
 def stop_group(process: subprocess.Popen, grace_s: float = 10.0) -> None:
     """SIGTERM the process's group, wait, then SIGKILL it."""
@@ -267,12 +227,8 @@ def stop_group(process: subprocess.Popen, grace_s: float = 10.0) -> None:
         os.killpg(process.pid, signal.SIGTERM)
     except ProcessLookupError:
         return
-    try:
+    with contextlib.suppress(subprocess.TimeoutExpired):
         process.wait(timeout=grace_s)
-    except subprocess.TimeoutExpired:
-        pass
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGKILL)  # also any children left in the group
-    except ProcessLookupError:
-        pass
     process.wait()

@@ -10,7 +10,8 @@ import pytest
 import uvicorn
 
 from servelab import cli
-from servelab.process import VARIANTS, VARIANTS_DIR, free_port
+from servelab.paths import VARIANTS, VARIANTS_DIR
+from servelab.process import free_port
 from servelab.server import SHUTDOWN_GRACE_S, Server
 from tests.fakes import FakeModel
 

@@ -8,15 +8,17 @@ import sys
 
 import pytest
 
-from servelab.bench import Load, run, sweep
-from servelab.bench.corpus import REPO, sha256
+from servelab.bench import Load, Setup, run, sweep
+from servelab.bench.corpus import sha256
+from servelab.paths import REPO
 from servelab.process import ServerError, ServerProcess
 
 
 def test_run_writes_manifest_requests_and_a_sane_summary(tmp_path):
     # Uniform arrivals: a Poisson count over 5 s varies by about 14% from its mean.
     load = Load.open(rate=10, duration_s=5, arrivals="uniform")
-    result = run("deadline", {"max_wait_ms": 2}, load, results_dir=tmp_path, ceiling="none", progress=None)
+    setup = Setup(results_dir=tmp_path, ceiling=70.0, bracket_seconds=0.3)
+    result = run("deadline", {"max_wait_ms": 2}, load, setup, progress=None)
 
     assert result.run_dir.parent == tmp_path / "runs"
     assert result.run_dir.name.split("_")[1] == "deadline"
@@ -34,6 +36,8 @@ def test_run_writes_manifest_requests_and_a_sane_summary(tmp_path):
     assert manifest["seed"] == 0
     assert manifest["warmup"]["statuses"] == {"200": manifest["warmup"]["requests"]}
     assert set(manifest["pinning"]) == {"server_cores", "locust_cores", "torch_threads"}
+    assert manifest["setup"] == setup.to_dict()  # the whole set-up, to redo the run
+    assert manifest["quick_ceilings"]["after"]["seq_per_s"] > 0
 
     rows = result.requests()
     assert 45 <= len(rows) <= 55
@@ -49,6 +53,21 @@ def test_run_writes_manifest_requests_and_a_sane_summary(tmp_path):
     assert summary["mean_batch_size"] >= 1
     assert summary["batches"] >= 1
     assert summary["late_sends"] <= 1
+    # Where the model's time went: 10 req/s of short inputs leave the model mostly idle.
+    assert 0 < summary["model_busy_fraction"] < 0.9
+    assert summary["busy_seq_per_s"] > summary["achieved_rate"]
+    assert 0 <= summary["padding_share"] < 0.9
+    assert 0 < summary["loadgen_cpu_share"] < 1
+    # The ceiling: the given reference, and the bracket timed around this very run.
+    ceiling = summary["ceiling"]
+    assert ceiling["value"] == 70.0
+    assert ceiling["source"] == "given"
+    bracket = ceiling["bracket"]
+    assert bracket["before"] > 0
+    assert bracket["after"] > 0
+    assert summary["ceiling_seq_per_s"] == pytest.approx((bracket["before"] + bracket["after"]) / 2)
+    assert summary["ceiling_ratio"] == pytest.approx(summary["achieved_rate"] / summary["ceiling_seq_per_s"])
+    assert summary["above_ceiling"] is False
 
 
 def test_a_server_that_dies_gives_its_log(tmp_path):
@@ -67,8 +86,7 @@ def test_sweep_writes_points_and_resumes(tmp_path):
         "rates": ["8"],
         "duration_s": 2,
         "out": out,
-        "results_dir": tmp_path,
-        "ceiling": "none",
+        "setup": Setup(results_dir=tmp_path, ceiling="none", bracket=False),
         "progress_bar": False,
         "progress": None,
     }

@@ -9,9 +9,10 @@ import random
 import pytest
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
-from servelab.bench import corpus, stats
+from servelab.bench import Bracket, Ceiling, corpus, stats
 from servelab.bench.loadgen import Load
 from servelab.bench.sweep import SweepError, parse_rate
+from servelab.paths import LOADTESTS
 
 
 def test_percentile_interpolates_between_closest_ranks():
@@ -221,7 +222,7 @@ def test_corpus_masks_and_spread():
 
 def test_mask_insertion_matches_the_load_tests():
     """loadtests/_inputs.py (which the load generator runs) and servelab.bench.corpus agree."""
-    spec = importlib.util.spec_from_file_location("loadtests_inputs", corpus.LOADTESTS / "_inputs.py")
+    spec = importlib.util.spec_from_file_location("loadtests_inputs", LOADTESTS / "_inputs.py")
     inputs = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(inputs)
     assert inputs.load_prompts() == corpus.load_prompts()
@@ -230,3 +231,35 @@ def test_mask_insertion_matches_the_load_tests():
         b = corpus.with_mask(text, "<mask>", random.Random(i))
         assert a == b
         assert a.count("<mask>") == 1
+
+
+def test_where_time_went():
+    batching = {"compute_s": 6.0, "batched_items": 480, "tokens": 3000, "padded_tokens": 4000}
+    out = stats.where_time_went(batching, span_s=8.0)
+    assert out == {"model_busy_fraction": 0.75, "busy_seq_per_s": 80.0, "padding_share": 0.25}
+    # Achieved throughput is busy fraction x throughput while busy: 0.75 x 80 = 60 seq/s.
+    assert stats.where_time_went({"compute_s": None}, 8.0)["model_busy_fraction"] is None
+
+
+def test_a_bracket_flags_a_rate_above_its_upper_end_by_more_than_its_spread():
+    bracket = Bracket(before=80.0, after=76.0)
+    assert bracket.spread == 4.0
+    inside = bracket.judge(82.0)  # above both ends, but within the spread: drift, not a wrong denominator
+    assert inside["above_ceiling"] is False
+    assert inside["ratio_to_before"] == pytest.approx(82 / 80)
+    assert inside["ratio_to_after"] == pytest.approx(82 / 76)
+    above = bracket.judge(84.5)
+    assert above["above_ceiling"] is True
+    assert "different conditions" in above["note"]
+    ceiling = Ceiling(70.0, "given").with_bracket(bracket)
+    assert ceiling.denominator == 78.0  # the bracket's mean, not the reference measured earlier
+    assert ceiling.ratio(39.0) == 0.5
+    assert Ceiling(70.0, "given").ratio(35.0) == 0.5
+
+
+def test_a_ceiling_from_a_measurement_brackets_its_fastest_batch_sizes():
+    rates = [(1, 63), (2, 79), (4, 85), (8, 82), (16, 82.5), (64, 76)]
+    rows = [{"batch_size": b, "seq_per_s": r} for b, r in rates]
+    data = {"ceiling_seq_per_s": 85.0, "best_batch_size": 4, "by_batch_size": rows}
+    assert Ceiling.from_data(data, "file").top_batch_sizes() == (4, 8, 16)
+    assert Ceiling(85.0, "given").top_batch_sizes() == (4, 8, 16)  # no rows: the usual best sizes

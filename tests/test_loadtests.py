@@ -12,8 +12,8 @@ import sys
 import pytest
 
 from servelab.bench import cli
-from servelab.bench.corpus import CORPUS, LOADTESTS, REPO
 from servelab.bench.loadgen import DEFAULTS, Load, read_requests
+from servelab.paths import CORPUS, LOADTESTS, REPO
 from servelab.process import ServerProcess
 
 

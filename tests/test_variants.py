@@ -12,7 +12,8 @@ import httpx
 import numpy as np
 import pytest
 
-from servelab.process import VARIANTS, VARIANTS_DIR, ServerProcess
+from servelab.paths import VARIANTS, VARIANTS_DIR
+from servelab.process import ServerProcess
 from tests.conftest import BREAKER_OFF, post
 
 WORDS = [

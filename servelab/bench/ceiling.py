@@ -3,7 +3,9 @@
     python -m servelab ceiling                      # default model, core 0, 1 torch thread
 
 Same model loading (servelab.models.load_model), same cores and threads as the server gets in
-a benchmark, same corpus, after a warm-up over varied lengths. The best batch size gives the
+a benchmark, same corpus, after a warm-up over varied lengths, and with the load generator's
+cores kept as busy as Locust keeps them during a run (servelab.bench.neighbour): the ceiling is
+timed under the conditions of a served run, not on an idle machine. The best batch size gives the
 ceiling: a server can at best approach it, and `achieved_rate / ceiling` says how close it came
 on this very machine (no speed constant tied to one machine).
 """
@@ -18,28 +20,127 @@ import re
 import subprocess
 import sys
 import time
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
 from servelab.bench import corpus
-from servelab.bench.corpus import REPO
-from servelab.bench.machine import git_state, machine, package_versions, parse_cores
-from servelab.process import pinning
+from servelab.bench.machine import git_state, machine, parse_cores
+from servelab.bench.neighbour import BusyNeighbour
+from servelab.paths import REPO, RESULTS
+from servelab.process import pinning, server_env
+from servelab.versions import versions
 
 DEFAULT_BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64)
-RESULTS = REPO / "results"
+# CPU share of its core that Locust used while offering 2x the ceiling on the reference VM
+# (0.07 at 172 req/s, psutil from first send to last answer). The runner replays each run's own
+# measured share in its bracket; this is for a ceiling measured on its own.
+DEFAULT_LOADGEN_DUTY = 0.08
 
 
-def ceiling_path(results_dir: Path, model_id: str, task: str, device: str, torch_threads: int | None) -> Path:
-    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", model_id).strip("_")
-    return Path(results_dir) / "ceiling" / f"{slug}__{task}__{device}__t{torch_threads}.json"
+@dataclass(frozen=True)
+class Bracket:
+    """Quick ceilings timed just before and just after one measurement (seq/s), and the load
+    generator's CPU share each was timed under. The machine's speed drifts; the bracket says by
+    how much during this measurement."""
+
+    before: float
+    after: float
+    loadgen_duty_before: float = 0.0
+    loadgen_duty_after: float = 0.0
+    batch_sizes: tuple[int, ...] = ()
+
+    @property
+    def low(self) -> float:
+        return min(self.before, self.after)
+
+    @property
+    def high(self) -> float:
+        return max(self.before, self.after)
+
+    @property
+    def spread(self) -> float:
+        return self.high - self.low
+
+    def judge(self, achieved: float | None) -> dict:
+        """Ratios of an achieved rate to each end, and a flag when it is above the bracket's upper
+        end by more than the bracket's own spread: no server beats the bare pipeline, so then
+        the denominator was timed under other conditions than the run."""
+        out = asdict(self) | {"batch_sizes": list(self.batch_sizes), "spread": round(self.spread, 3),
+                              "spread_fraction": self.spread / self.high}
+        if achieved is None:
+            return out
+        above = achieved > self.high + self.spread
+        return out | {
+            "ratio_to_before": achieved / self.before,
+            "ratio_to_after": achieved / self.after,
+            "above_ceiling": above,
+            "note": ABOVE_NOTE if above else None,
+        }
+
+
+ABOVE_NOTE = "above the ceiling: the denominator was measured under different conditions"
+
+
+@dataclass(frozen=True)
+class Ceiling:
+    """The offline ceiling a run is compared with: value in seq/s, where it came from (a file's
+    path, "measured", "given" or "bracket"), and the quick bracket around one run, once there is
+    one. by_batch_size: the measurement's rows, where it has them."""
+
+    value: float
+    source: str
+    bracket: Bracket | None = None
+    best_batch_size: int | None = None
+    by_batch_size: tuple = field(default=(), repr=False)
+
+    @classmethod
+    def from_data(cls, data: dict, source: str) -> Ceiling:
+        """From a measurement's result (a ceiling file's contents)."""
+        return cls(data["ceiling_seq_per_s"], source, None, data.get("best_batch_size"),
+                   tuple(data.get("by_batch_size", ())))
+
+    @classmethod
+    def from_bracket(cls, bracket: Bracket) -> Ceiling:
+        """No reference ceiling: the bracket alone is the ceiling."""
+        return cls(bracket.high, "bracket", bracket)
+
+    def with_bracket(self, bracket: Bracket) -> Ceiling:
+        return replace(self, bracket=bracket)
+
+    def top_batch_sizes(self, count: int = 3) -> tuple[int, ...]:
+        """The batch sizes worth timing in a quick bracket: the fastest few of the measurement."""
+        rows = sorted(self.by_batch_size, key=lambda r: -r["seq_per_s"])[:count]
+        return tuple(sorted(r["batch_size"] for r in rows)) or (4, 8, 16)
+
+    @property
+    def denominator(self) -> float:
+        """What a run's rate is divided by: the bracket's mean when there is one, else the value."""
+        return (self.bracket.before + self.bracket.after) / 2 if self.bracket else self.value
+
+    def ratio(self, achieved: float | None) -> float | None:
+        return None if achieved is None else achieved / self.denominator
+
+    def to_dict(self, achieved: float | None = None) -> dict:
+        return {
+            "value": self.value,
+            "source": self.source,
+            "best_batch_size": self.best_batch_size,
+            "bracket": self.bracket.judge(achieved) if self.bracket else None,
+        }
+
+
+def ceiling_path(results_dir: Path, model: dict, torch_threads: int | None) -> Path:
+    """results/ceiling/<model>__<task>__<device>__t<threads>.json; model as a server's /info."""
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", str(model.get("id", "?"))).strip("_")
+    device = model.get("device", "?")
+    name = f"{slug}__{model.get('task', '?')}__{device}__t{torch_threads}.json"
+    return Path(results_dir) / "ceiling" / name
 
 
 def find_ceiling(results_dir: Path, model: dict, torch_threads: int | None) -> dict | None:
     """A ceiling measured before for this model (a server's /info "model"), device and threads."""
-    path = ceiling_path(
-        results_dir, model.get("id", "?"), model.get("task", "?"), model.get("device", "?"), torch_threads
-    )
+    path = ceiling_path(results_dir, model, torch_threads)
     if path.is_file():
         data = json.loads(path.read_text())
         data["path"] = str(path)
@@ -47,23 +148,37 @@ def find_ceiling(results_dir: Path, model: dict, torch_threads: int | None) -> d
     return None
 
 
-def measure(
-    model: str | None = None,
-    task: str | None = None,
-    device: str = "auto",
-    *,
-    torch_threads: int = 1,
-    cores: list[int] | None = None,
-    batch_sizes=DEFAULT_BATCH_SIZES,
-    min_seconds: float = 3.0,
-    min_batches: int = 3,
-    rounds: int = 3,
-    seed: int = 0,
-    progress=print,
-) -> dict:
-    """Time the pipeline in this process (pinned to `cores`); return the result dict."""
-    if cores:
-        os.sched_setaffinity(0, cores)
+def time_batches(predict, texts: list[str], batch_sizes, *, min_seconds: float, rounds: int,
+                 min_batches: int = 3, position: int = 0) -> list[dict]:
+    """Sequences per second of predict(batch) for each batch size, timed in interleaved rounds:
+    each size is timed in every round, so a machine whose speed drifts during the measurement
+    (shared or throttled CPUs do) biases no size against another."""
+    totals = {size: [0, 0.0, 0] for size in batch_sizes}  # sequences, seconds, batches
+    for _ in range(rounds):
+        for size in batch_sizes:
+            total = totals[size]
+            round_seconds = 0.0
+            while round_seconds < min_seconds / rounds or total[2] < min_batches:
+                batch = [texts[(position + i) % len(texts)] for i in range(size)]
+                position += size
+                t0 = time.perf_counter()
+                predict(batch)
+                elapsed = time.perf_counter() - t0
+                round_seconds += elapsed
+                total[0] += size
+                total[1] += elapsed
+                total[2] += 1
+    return [
+        {"batch_size": size, "sequences": done, "seconds": round(seconds, 4),
+         "seq_per_s": round(done / seconds, 3)}
+        for size, (done, seconds, _) in totals.items()
+    ]
+
+
+def load_for_timing(model, task, device, torch_threads: int, seed: int, batch_sizes, progress):
+    """The model as a server loads it, the corpus as the load test sends it, and a warm-up of
+    every batch size over the whole range of lengths (a CPU kernel's first call at a new shape
+    is slow). Returns (loaded model, shuffled texts)."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     import torch
 
@@ -74,41 +189,42 @@ def measure(
     loaded = load_model(model=model, task=task, device=device)
     load_s = time.perf_counter() - started
     texts = corpus.prepare(corpus.load_prompts(), loaded.mask_token, seed)
-    rng = random.Random(f"{seed}:ceiling")
-    rng.shuffle(texts)
-
-    # Warm-up: every batch size over the whole range of lengths, once.
+    random.Random(f"{seed}:ceiling").shuffle(texts)
     spread = corpus.prepare(corpus.spread_by_length(corpus.load_prompts(), 16), loaded.mask_token, seed)
-    warm_started = time.perf_counter()
+    started = time.perf_counter()
     for size in batch_sizes:
         for i in range(0, len(spread), size):
             loaded.predict(spread[i : i + size])
-    warmup_s = time.perf_counter() - warm_started
-    progress(f"loaded in {load_s:.1f} s, warmed up in {warmup_s:.1f} s")
+    progress(f"loaded in {load_s:.1f} s, warmed up in {time.perf_counter() - started:.1f} s")
+    return loaded, texts
 
-    # Interleaved rounds: each batch size is timed in every round, so a machine whose speed
-    # drifts during the measurement (shared or throttled CPUs do) biases no size against another.
-    totals = {size: [0, 0.0, 0] for size in batch_sizes}  # sequences, seconds, batches
-    position = 0
-    for _ in range(rounds):
-        for size in batch_sizes:
-            total = totals[size]
-            round_seconds = 0.0
-            while round_seconds < min_seconds / rounds or total[2] < min_batches:
-                batch = [texts[(position + i) % len(texts)] for i in range(size)]
-                position += size
-                t0 = time.perf_counter()
-                loaded.predict(batch)
-                elapsed = time.perf_counter() - t0
-                round_seconds += elapsed
-                total[0] += size
-                total[1] += elapsed
-                total[2] += 1
-    rows = []
-    for size, (done, seconds, _) in totals.items():
-        rows.append({"batch_size": size, "sequences": done, "seconds": round(seconds, 4),
-                     "seq_per_s": round(done / seconds, 3)})
-        progress(f"batch {size:4d}: {done / seconds:8.1f} seq/s")
+
+def measure(
+    model: str | None = None,
+    task: str | None = None,
+    device: str = "auto",
+    *,
+    torch_threads: int = 1,
+    cores: list[int] | None = None,
+    loadgen_cores: list[int] | None = None,
+    loadgen_duty: float = DEFAULT_LOADGEN_DUTY,
+    batch_sizes=DEFAULT_BATCH_SIZES,
+    min_seconds: float = 3.0,
+    rounds: int = 3,
+    seed: int = 0,
+    progress=print,
+) -> dict:
+    """Time the pipeline in this process (pinned to `cores`), with loadgen_cores kept
+    loadgen_duty busy; return the result dict."""
+    if cores:
+        os.sched_setaffinity(0, cores)
+    import torch
+
+    loaded, texts = load_for_timing(model, task, device, torch_threads, seed, batch_sizes, progress)
+    with BusyNeighbour(loadgen_cores, loadgen_duty) as neighbour:
+        rows = time_batches(loaded.predict, texts, batch_sizes, min_seconds=min_seconds, rounds=rounds)
+    for row in rows:
+        progress(f"batch {row['batch_size']:4d}: {row['seq_per_s']:8.1f} seq/s")
     best = max(rows, key=lambda r: r["seq_per_s"])
     return {
         "ceiling_seq_per_s": best["seq_per_s"],
@@ -118,23 +234,19 @@ def measure(
         "torch_threads": torch_threads,
         "torch_threads_actual": torch.get_num_threads(),
         "cores": cores,
+        "loadgen_stand_in": {"cores": loadgen_cores, "duty": loadgen_duty,
+                             "measured_duty": round(neighbour.measured_duty, 4)},
         "corpus_sha256": corpus.sha256(),
         "seed": seed,
         "created_utc": datetime.now(UTC).isoformat(timespec="seconds"),
         "git": git_state(),
-        "packages": package_versions(),
+        "packages": versions(),
         "machine": machine(),
-        "warmup_s": round(warmup_s, 3),
     }
 
 
 def write(result: dict, results_dir: Path, out: Path | None = None) -> Path:
-    model = result["model"]
-    path = (
-        Path(out)
-        if out
-        else ceiling_path(results_dir, model["id"], model["task"], model["device"], result["torch_threads"])
-    )
+    path = Path(out) if out else ceiling_path(results_dir, result["model"], result["torch_threads"])
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=2) + "\n")
     with path.with_suffix(".csv").open("w", newline="") as f:
@@ -151,6 +263,8 @@ def measure_in_subprocess(
     *,
     torch_threads: int = 1,
     cores="auto",
+    loadgen_cores="auto",
+    loadgen_duty: float = DEFAULT_LOADGEN_DUTY,
     results_dir: Path = RESULTS,
     batch_sizes=DEFAULT_BATCH_SIZES,
     min_seconds: float = 3.0,
@@ -158,32 +272,26 @@ def measure_in_subprocess(
 ) -> dict:
     """Measure in a fresh pinned process (the caller's cores and threads stay as they are)."""
     cores = parse_cores(cores, "server")
+    loadgen_cores = parse_cores(loadgen_cores, "locust")
     argv = [
-        sys.executable,
-        "-m",
-        "servelab",
-        "ceiling",
-        "--device",
-        device,
-        "--torch-threads",
-        str(torch_threads),
-        "--cores",
-        ",".join(map(str, cores)) if cores else "none",
-        "--results-dir",
-        str(results_dir),
-        "--batch-sizes",
-        ",".join(map(str, batch_sizes)),
-        "--min-seconds",
-        str(min_seconds),
-    ]
+        sys.executable, "-m", "servelab", "ceiling",
+        "--device", device,
+        "--torch-threads", str(torch_threads),
+        "--cores", ",".join(map(str, cores)) if cores else "none",
+        "--loadgen-cores", ",".join(map(str, loadgen_cores)) if loadgen_cores else "none",
+        "--loadgen-duty", str(loadgen_duty),
+        "--results-dir", str(results_dir),
+        "--batch-sizes", ",".join(map(str, batch_sizes)),
+        "--min-seconds", str(min_seconds),
+    ]  # fmt: skip
     if model:
         argv += ["--model", model]
     if task:
         argv += ["--task", task]
-    env = dict(
-        os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
-    )
-    done = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, preexec_fn=pinning(cores))
+    done = subprocess.run(
+        argv, cwd=REPO, env=server_env(), capture_output=True, text=True, check=False,
+        preexec_fn=pinning(cores),
+    )  # fmt: skip
     if not quiet:
         sys.stdout.write(done.stdout)
     if done.returncode != 0:

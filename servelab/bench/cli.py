@@ -17,8 +17,10 @@ import signal
 import sys
 from pathlib import Path
 
-from servelab.bench.ceiling import DEFAULT_BATCH_SIZES, RESULTS
+from servelab.bench.ceiling import DEFAULT_BATCH_SIZES, DEFAULT_LOADGEN_DUTY
 from servelab.bench.loadgen import LOAD_OPTIONS
+from servelab.bench.setup import Setup
+from servelab.paths import RESULTS
 
 # Options passed on to the load tests as they are: name, type, default and help come from their
 # table (loadtests/_options.py), so Locust and this command line cannot disagree.
@@ -84,6 +86,33 @@ def add_machine_options(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--results-dir", type=Path, default=RESULTS, help="where results/runs and results/ceiling go"
+    )
+    group.add_argument(
+        "--no-bracket",
+        action="store_true",
+        help="skip the quick ceilings timed just before and after each load (saves ~5 s a load)",
+    )
+    group.add_argument(
+        "--bracket-seconds",
+        type=float,
+        default=Setup.bracket_seconds,
+        help="timed seconds of each quick ceiling",
+    )
+
+
+def setup_from(args) -> Setup:
+    """The Setup that the shared options describe."""
+    return Setup(
+        slo_ms=args.slo_ms,
+        seed=args.seed,
+        torch_threads=args.torch_threads,
+        server_cores=args.server_cores,
+        locust_cores=args.locust_cores,
+        ceiling=_ceiling_arg(args.ceiling),
+        bracket=not args.no_bracket,
+        bracket_seconds=args.bracket_seconds,
+        warmup=not getattr(args, "no_warmup", False),
+        results_dir=args.results_dir,
     )
 
 
@@ -187,6 +216,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--cores", default="auto", help="cores to pin to: auto (the server's core), none, or a list"
     )
     ceiling.add_argument(
+        "--loadgen-cores",
+        default="auto",
+        help="cores the load generator would use, kept busy by a stand-in while timing: auto (the "
+        "second core), none, or a list",
+    )
+    ceiling.add_argument(
+        "--loadgen-duty",
+        type=float,
+        default=DEFAULT_LOADGEN_DUTY,
+        help="the stand-in's CPU share of those cores: what Locust uses during a run (0: idle)",
+    )
+    ceiling.add_argument(
         "--batch-sizes",
         type=_csv_list(int),
         default=list(DEFAULT_BATCH_SIZES),
@@ -288,17 +329,10 @@ def cmd_bench(args, extra: list[str]) -> int:
         args.variant,
         server_args(args, extra),
         load,
-        slo_ms=args.slo_ms,
-        seed=args.seed,
-        torch_threads=args.torch_threads,
-        server_cores=args.server_cores,
-        locust_cores=args.locust_cores,
-        ceiling=_ceiling_arg(args.ceiling),
+        setup_from(args),
         find_max_rate=args.find_max_rate,
         max_rate_steps=args.max_rate_steps,
         max_rate_tolerance=args.max_rate_tolerance,
-        warmup=not args.no_warmup,
-        results_dir=args.results_dir,
         tag=args.tag,
     )
     print(f"written: {result.run_dir}")
@@ -318,6 +352,7 @@ def _capacity_from_ceiling(args) -> float:
         device=args.device or "auto",
         torch_threads=args.torch_threads,
         cores=args.server_cores,
+        loadgen_cores=args.locust_cores,
         results_dir=args.results_dir,
         quiet=True,
     )
@@ -334,6 +369,8 @@ def cmd_ceiling(args, extra: list[str]) -> int:
         device=args.device,
         torch_threads=args.torch_threads,
         cores=parse_cores(args.cores, "server"),
+        loadgen_cores=parse_cores(args.loadgen_cores, "locust"),
+        loadgen_duty=args.loadgen_duty,
         batch_sizes=args.batch_sizes,
         min_seconds=args.min_seconds,
         seed=args.seed,
@@ -361,6 +398,7 @@ def cmd_sweep(args, extra: list[str]) -> int:
         args.variants,
         grid,
         args.rates,
+        setup_from(args),
         scenario=args.scenario,
         spike_factors=args.spike_factors,
         capacity_rate=args.capacity_rate,
@@ -368,14 +406,7 @@ def cmd_sweep(args, extra: list[str]) -> int:
         out=args.out,
         server_args=fixed or None,
         server_extra=extra,
-        slo_ms=args.slo_ms,
-        seed=args.seed,
-        torch_threads=args.torch_threads,
-        server_cores=args.server_cores,
-        locust_cores=args.locust_cores,
-        ceiling=_ceiling_arg(args.ceiling),
         load_options=load_options(args),
-        results_dir=args.results_dir,
         progress_bar=not args.no_progress,
     )
     return 0

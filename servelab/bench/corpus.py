@@ -6,10 +6,7 @@ import hashlib
 import random
 from pathlib import Path
 
-from servelab.process import REPO
-
-LOADTESTS = REPO / "loadtests"
-CORPUS = LOADTESTS / "prompts.txt"
+from servelab.paths import CORPUS
 
 
 def load_prompts(path: Path = CORPUS) -> list[str]:

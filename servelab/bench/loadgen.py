@@ -13,7 +13,8 @@ import sys
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from servelab.bench.corpus import LOADTESTS, REPO
+from servelab.bench.cpuwatch import CpuWatch
+from servelab.paths import LOADTESTS, REPO
 from servelab.process import pinning, stop_group, tail
 
 
@@ -166,8 +167,9 @@ def run_locust(
     seed: int = 0,
     cores: list[int] | None = None,
     timeout_s: float | None = None,
-) -> tuple[list[str], Path]:
-    """Run Locust to the end of the load; return (its argv, the per-request CSV path)."""
+) -> LocustRun:
+    """Run Locust to the end of the load; return its argv, the per-request CSV path, and the
+    CPU it used (sampled while it ran)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     request_log = out_dir / "requests.csv"
     log = out_dir / "locust.log"
@@ -183,12 +185,11 @@ def run_locust(
             stdin=subprocess.DEVNULL,
             env=dict(os.environ, PYTHONUNBUFFERED="1"),
             start_new_session=True,
-            # Safe here: the function only calls sched_setaffinity, which takes no lock a thread
-            # of this process could hold at the fork.
-            preexec_fn=pinning(cores),  # noqa: PLW1509
+            preexec_fn=pinning(cores),
         )
         try:
-            code = process.wait(timeout=timeout_s)
+            with CpuWatch(process.pid) as cpu:
+                code = process.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
             stop_group(process)
             raise LoadError(
@@ -199,7 +200,23 @@ def run_locust(
                 stop_group(process)
     if code != 0 or not request_log.is_file():
         raise LoadError(f"locust exited with code {code}. Log:\n{tail(log)}")
-    return argv, request_log
+    return LocustRun(argv, request_log, cpu)
+
+
+@dataclass
+class LocustRun:
+    argv: list[str]
+    request_log: Path
+    cpu: CpuWatch
+
+    def cpu_share(self, rows: list[dict]) -> float | None:
+        """Locust's CPU seconds per second while the load ran (first send to last answer),
+        start-up and drain left out: what the ceiling's stand-in replays."""
+        if not rows:
+            return None
+        start = min(r["actual_send_s"] for r in rows)
+        ends = [r["actual_send_s"] + (r["latency_ms"] or 0) / 1000 for r in rows]
+        return self.cpu.share(start, max(ends))
 
 
 def expected_seconds(load: Load) -> float:

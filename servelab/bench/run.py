@@ -1,21 +1,21 @@
 """One benchmark run: start a variant, warm it up, put a load on it, write what happened.
 
-    from servelab.bench import Load, run
+    from servelab.bench import Load, Setup, run
     result = run("deadline", {"max_wait_ms": 2, "max_batch_size": 64}, Load.open(rate=40, duration_s=20))
     result.summary["latency_ms"]["p99"], result.run_dir
 
 A run writes results/runs/<utc>_<variant>_<commit>/:
   manifest.json   code revision and dirty flag, versions, machine, the server's /info, the
-                  load's options, seed, corpus sha256, core pinning: enough to redo the run
+                  load's options, the whole Setup, corpus sha256, core pinning: enough to redo it
   requests.csv    one row per request (loadtests/_request_log.py says what the columns mean)
-  summary.json    rates, latency percentiles, goodput, errors, batching, ratio to the ceiling
+  summary.json    rates, latency percentiles, goodput, errors, batching, the ceiling with its
+                  bracket and the ratio to it, and where the model's time went
   server.log, locust.log, metrics_before.txt, metrics_after.txt
 """
 
 from __future__ import annotations
 
 import json
-import math
 import re
 import shutil
 import time
@@ -23,14 +23,22 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from servelab.bench import ceiling as ceiling_mod
+from servelab.bench import ceiling as ceilings
 from servelab.bench import corpus, stats
+from servelab.bench.bracket import QuickCeiling
+from servelab.bench.ceiling import Bracket, Ceiling
 from servelab.bench.loadgen import Load, read_requests, run_locust
-from servelab.bench.machine import git_state, machine, package_versions, parse_cores
+from servelab.bench.machine import git_state, machine, parse_cores
+from servelab.bench.setup import Setup
+from servelab.bench.warmup import warm_up
+from servelab.paths import REPO
 from servelab.process import ServerProcess, server_argv
+from servelab.versions import versions
 
-RESULTS = ceiling_mod.RESULTS
-DEFAULT_SLO_MS = 100.0
+# Locust's CPU per request on the reference VM (7% of a core while offering 172 req/s, first send
+# to last answer): the first guess of the generator's share before a run; each run's measured
+# share replaces it.
+LOADGEN_CPU_S_PER_REQUEST = 0.00045
 
 
 @dataclass
@@ -73,7 +81,7 @@ def new_run_dir(results_dir: Path, variant: str, tag: str | None = None) -> Path
     return path
 
 
-def _server_option(server_args, name: str):
+def server_option(server_args, name: str):
     """The value of one server flag in a dict or list of server args (None if absent)."""
     if isinstance(server_args, dict):
         return server_args.get(name)
@@ -85,162 +93,195 @@ def _server_option(server_args, name: str):
 class Bench:
     """One server variant, started once and warmed up, then measured under one or more loads.
 
-    with Bench("deadline", {"max_wait_ms": 2}) as bench:
+    with Bench("deadline", {"max_wait_ms": 2}, Setup(slo_ms=200), log_dir=folder) as bench:
         summary = bench.measure(Load.open(rate=20), out_dir)
     """
 
-    def __init__(
-        self,
-        variant: str,
-        server_args: dict | list | None = None,
-        *,
-        log_dir: Path,
-        slo_ms: float = DEFAULT_SLO_MS,
-        seed: int = 0,
-        torch_threads: int | None = 1,
-        server_cores="auto",
-        locust_cores="auto",
-        ceiling="auto",
-        warmup: bool = True,
-        results_dir: Path = RESULTS,
-        ready_timeout_s: float = 180.0,
-        progress=print,
-    ):
+    def __init__(self, variant: str, server_args: dict | list | None = None, setup: Setup | None = None, *,
+                 log_dir: Path, progress=print):
         self.server_args = server_args
-        self.slo_ms, self.seed, self.torch_threads = slo_ms, seed, torch_threads
-        self.server_cores = parse_cores(server_cores, "server")
-        self.locust_cores = parse_cores(locust_cores, "locust")
-        self.ceiling_spec, self.warmup, self.results_dir = ceiling, warmup, Path(results_dir)
+        self.setup = setup = setup or Setup()
+        self.server_cores = parse_cores(setup.server_cores, "server")
+        self.locust_cores = parse_cores(setup.locust_cores, "locust")
         self.progress = progress or (lambda *_: None)
         self.server = ServerProcess(
             variant,
             server_args,
             log=Path(log_dir) / "server.log",
             cores=self.server_cores,
-            torch_threads=torch_threads,
-            ready_timeout_s=ready_timeout_s,
+            torch_threads=setup.torch_threads,
+            ready_timeout_s=setup.ready_timeout_s,
         )
         self.variant = self.server.variant
-        self.ceiling: dict | None = None
+        self.ceiling: Ceiling | None = None
+        self.quick: QuickCeiling | None = None
         self.warmup_result: dict | None = None
+        self.loadgen_cpu_per_request = LOADGEN_CPU_S_PER_REQUEST
 
     def __enter__(self) -> Bench:
-        if self.ceiling_spec == "measure":  # before the server: they would share its core
-            self.progress("measuring the offline ceiling ...")
-            self.ceiling = ceiling_mod.measure_in_subprocess(
-                model=_server_option(self.server_args, "model"),
-                task=_server_option(self.server_args, "task"),
-                device=_server_option(self.server_args, "device") or "auto",
-                torch_threads=self.torch_threads or 1,
-                cores=self.server_cores or "none",
-                results_dir=self.results_dir,
-                quiet=True,
-            )
-        self.progress(f"starting {self.variant}: {' '.join(self.server.argv[1:])}")
-        self.server.start()
         try:
+            if self.setup.ceiling == "measure":  # before the server starts: they would share its core
+                self.progress("measuring the offline ceiling ...")
+                data = ceilings.measure_in_subprocess(
+                    **self._model_options(),
+                    torch_threads=self.setup.torch_threads or 1,
+                    cores=self.server_cores or "none",
+                    loadgen_cores=self.locust_cores or "none",
+                    results_dir=self.setup.results_dir,
+                    quiet=True,
+                )
+                self.ceiling = Ceiling.from_data(data, "measured")
+            self.progress(f"starting {self.variant}: {' '.join(self.server.argv[1:])}")
+            self.server.start()
             self.ceiling = self.ceiling or self._known_ceiling()
-            if self.warmup:
-                settings = (self.server.info or {}).get("settings") or {}
-                max_batch = int(
-                    settings.get("max_batch_size") or _server_option(self.server_args, "max_batch_size") or 64
-                )
-                self.warmup_result = self.server.warm_up(
-                    corpus.load_prompts(), max_batch_size=min(max_batch, 64), seed=self.seed
-                )
-                self.progress(f"warmed up: {self.warmup_result}")
+            if self.setup.bracket:  # loads its own model copy on the server's core, the server idle
+                self.progress("starting the quick-ceiling helper ...")
+                self.quick = QuickCeiling(
+                    **self._model_options(),
+                    torch_threads=self.setup.torch_threads or 1,
+                    cores=self.server_cores,
+                    loadgen_cores=self.locust_cores,
+                    batch_sizes=self.ceiling.top_batch_sizes() if self.ceiling else (4, 8, 16),
+                    seconds=self.setup.bracket_seconds,
+                    seed=self.setup.seed,
+                ).__enter__()
+            if self.setup.warmup:
+                self._warm_up()
         except BaseException:
-            self.server.stop()
+            self.__exit__()
             raise
         return self
 
+    def _warm_up(self) -> None:
+        settings = (self.server.info or {}).get("settings") or {}
+        cap = settings.get("max_batch_size") or server_option(self.server_args, "max_batch_size") or 64
+        self.warmup_result = warm_up(self.server, corpus.load_prompts(), max_batch_size=min(int(cap), 64),
+                                     seed=self.setup.seed)
+        self.progress(f"warmed up: {self.warmup_result}")
+
     def __exit__(self, *exc) -> None:
         self.server.stop()
+        if self.quick:
+            self.quick.__exit__()
+            self.quick = None
 
-    def _known_ceiling(self) -> dict | None:
-        spec = self.ceiling_spec
+    def _model_options(self) -> dict:
+        return {
+            "model": server_option(self.server_args, "model"),
+            "task": server_option(self.server_args, "task"),
+            "device": server_option(self.server_args, "device") or "auto",
+        }
+
+    def _known_ceiling(self) -> Ceiling | None:
+        spec = self.setup.ceiling
+        if isinstance(spec, Ceiling):
+            return spec
         if spec in (None, "none", "measure"):
             return None
         if isinstance(spec, (int, float)):
-            return {"ceiling_seq_per_s": float(spec), "source": "given"}
+            return Ceiling(float(spec), "given")
         if spec == "auto":
-            return ceiling_mod.find_ceiling(
-                self.results_dir, self.server.info.get("model", {}), self.torch_threads
-            )
-        data = json.loads(Path(spec).read_text())
-        data["path"] = str(spec)
-        return data
+            data = ceilings.find_ceiling(self.setup.results_dir, self.server.info.get("model", {}),
+                                         self.setup.torch_threads)
+            return Ceiling.from_data(data, data["path"]) if data else None
+        return Ceiling.from_data(json.loads(Path(spec).read_text()), str(spec))
 
     def base_manifest(self) -> dict:
         return {
             "git": git_state(),
-            "packages": package_versions(),
+            "packages": versions(),
             "machine": machine(),
             "server": {
                 "variant": self.variant,
-                "path": str(self.server.path),
+                "path": str(self.server.path.relative_to(REPO)) if self.server.path.is_relative_to(REPO)
+                else str(self.server.path),
                 "argv": self.server.argv[1:],
                 "url": self.server.url,
-                "log": str(self.server.log),
                 "info": self.server.info,
             },
+            "setup": self.setup.to_dict(),
             "pinning": {
                 "server_cores": self.server_cores,
                 "locust_cores": self.locust_cores,
-                "torch_threads": self.torch_threads,
+                "torch_threads": self.setup.torch_threads,
             },
-            "seed": self.seed,
+            "seed": self.setup.seed,
             "corpus": {
-                "path": str(corpus.CORPUS.relative_to(corpus.REPO)),
+                "path": str(corpus.CORPUS.relative_to(REPO)),
                 "sha256": corpus.sha256(),
                 "prompts": len(corpus.load_prompts()),
             },
             "warmup": self.warmup_result,
-            "slo_ms": self.slo_ms,
-            "ceiling": _ceiling_brief(self.ceiling),
+            "slo_ms": self.setup.slo_ms,
+            "ceiling": self.ceiling.to_dict() if self.ceiling else None,
         }
 
     def measure(self, load: Load, out_dir: Path) -> dict:
-        """Run one load; write manifest.json, requests.csv, summary.json into out_dir; return the summary."""
+        """Run one load; write manifest.json, requests.csv, summary.json into out_dir; return the summary.
+
+        With a bracket, a quick ceiling is timed just before the load (the generator's share
+        guessed from the offered rate) and just after it (the share this run measured)."""
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         self.server.check_alive()
+        before_quick = self._quick_ceiling(self._expected_loadgen_share(load))
         started = utc_now()
         before = self.server.metrics_text()
         (out_dir / "metrics_before.txt").write_text(before)
-        argv, request_log = run_locust(
-            self.server.url, load, out_dir, seed=self.seed, cores=self.locust_cores
-        )
+        locust = run_locust(self.server.url, load, out_dir, seed=self.setup.seed, cores=self.locust_cores)
         after = self.server.metrics_text()
         (out_dir / "metrics_after.txt").write_text(after)
         self.server.check_alive()
+        rows = read_requests(locust.request_log)
+        loadgen_share = locust.cpu_share(rows)
+        self.wait_idle()  # a backlog would share the quick ceiling's core
+        after_quick = self._quick_ceiling(loadgen_share)
+        bracket = None
+        if before_quick and after_quick:
+            bracket = Bracket(before_quick["seq_per_s"], after_quick["seq_per_s"],
+                              before_quick["loadgen_duty"], after_quick["loadgen_duty"],
+                              self.quick.batch_sizes)
         manifest = self.base_manifest() | {
             "started_utc": started,
             "finished_utc": utc_now(),
-            "locust": {"argv": argv[1:], "load": load.to_dict(), "cores": self.locust_cores},
+            "locust": {"argv": locust.argv[1:], "load": load.to_dict(), "cores": self.locust_cores},
+            "quick_ceilings": {"before": before_quick, "after": after_quick},
         }
         (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-        summary = self.summarize(load, read_requests(request_log), before, after)
+        summary = self.summarize(load, rows, before, after, bracket, loadgen_share)
         (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-        self.wait_idle()
         return summary
 
-    def summarize(self, load: Load, rows: list[dict], before: str, after: str) -> dict:
+    def _expected_loadgen_share(self, load: Load) -> float:
+        rate = load.offered_rate() or (self.ceiling.value if self.ceiling else 0.0)
+        return min(1.0, self.loadgen_cpu_per_request * rate)
+
+    def _quick_ceiling(self, loadgen_share: float | None) -> dict | None:
+        if not self.quick:
+            return None
+        return self.quick.measure(loadgen_duty=loadgen_share or 0.0)
+
+    def summarize(self, load: Load, rows: list[dict], before: str, after: str, bracket: Bracket | None,
+                  loadgen_share: float | None) -> dict:
         summary = {
             "variant": self.variant,
             "scenario": load.scenario,
             "offered_rate": load.offered_rate(),
             "users": load.users if load.scenario == "steady" else None,
         }
-        summary |= stats.summarize(rows, self.slo_ms, late_ms=load.late_ms)
+        summary |= stats.summarize(rows, self.setup.slo_ms, late_ms=load.late_ms)
         try:
-            summary |= stats.batch_stats(stats.parse_metrics(before), stats.parse_metrics(after))
+            batching = stats.batch_stats(stats.parse_metrics(before), stats.parse_metrics(after))
+            summary |= batching | stats.where_time_went(batching, summary["span_s"])
         except Exception as exc:  # a server without our metrics still gets a summary
             summary["metrics_error"] = str(exc)
-        ceiling_rate = (self.ceiling or {}).get("ceiling_seq_per_s")
-        summary["ceiling_seq_per_s"] = ceiling_rate
-        achieved = summary.get("achieved_rate")
-        summary["ceiling_ratio"] = achieved / ceiling_rate if ceiling_rate and achieved is not None else None
+        summary["loadgen_cpu_share"] = loadgen_share
+        if loadgen_share and summary.get("sent_rate"):
+            self.loadgen_cpu_per_request = loadgen_share / summary["sent_rate"]
+        ceiling = self.ceiling
+        if bracket:
+            ceiling = ceiling.with_bracket(bracket) if ceiling else Ceiling.from_bracket(bracket)
+        summary |= judge(ceiling, summary.get("achieved_rate"))
         summary["settings"] = (self.server.info or {}).get("settings")
         return summary
 
@@ -256,113 +297,41 @@ class Bench:
                 return
             time.sleep(0.2)
 
-    def find_max_rate(
-        self,
-        load: Load,
-        out_dir: Path,
-        *,
-        start_rate: float | None = None,
-        max_steps: int = 8,
-        tolerance: float = 0.05,
-    ) -> dict:
+    def find_max_rate(self, load: Load, out_dir: Path, *, start_rate: float | None = None, max_steps: int = 8,
+                      tolerance: float = 0.05) -> dict:
         """The highest open-loop rate whose p99 (errors counting as misses) meets the SLO."""
-        if start_rate is None:
-            ceiling_rate = (self.ceiling or {}).get("ceiling_seq_per_s")
-            start_rate = (
-                load.rate
-                if load.scenario == "open" and load.rate
-                else (0.5 * ceiling_rate if ceiling_rate else 10.0)
-            )
-        summaries: list[tuple[float, Path, dict]] = []
+        from servelab.bench.maxrate import search
 
-        def measure_at(rate: float) -> tuple[float, dict]:
-            step_dir = Path(out_dir) / "steps" / f"{len(summaries):02d}_rate_{rate:.2f}"
-            summary = self.measure(load.at_rate(rate), step_dir)
-            summaries.append((rate, step_dir, summary))
-            p99 = summary["p99_ms_counting_errors"]
-            late = summary["late_sends"] / max(1, summary["requests"])
-            detail = {
-                "dir": str(step_dir),
-                "achieved_rate": summary["achieved_rate"],
-                "error_fraction": summary["error_fraction"],
-                "late_fraction": late,
-            }
-            self.progress(
-                f"  rate {rate:8.2f}/s: p99 {p99 if p99 is not None else math.inf:9.1f} ms, "
-                f"achieved {summary['achieved_rate'] or 0:7.2f}/s, errors {summary['error_fraction']:.1%}"
-            )
-            if late > 0.01:  # the generator could not keep its schedule: this point says nothing
-                detail["invalid"] = "load generator late on more than 1% of sends"
-                return math.inf, detail
-            return (math.inf if p99 is None else p99), detail
-
-        result = stats.find_max_rate(
-            measure_at, self.slo_ms, start_rate, max_steps=max_steps, tolerance=tolerance
-        )
-        best = next((s for r, _, s in summaries if r == result.max_rate), None)
-        best_dir = next((d for r, d, _ in summaries if r == result.max_rate), None)
-        return {
-            "max_sustainable_rate": result.max_rate,
-            "lowest_failing_rate": result.lowest_failing_rate,
-            "search": result.to_dict()["steps"],
-            "best": best,
-            "best_dir": best_dir,
-        }
+        return search(self, load, out_dir, start_rate=start_rate, max_steps=max_steps, tolerance=tolerance)
 
 
-def _ceiling_brief(ceiling: dict | None) -> dict | None:
-    if not ceiling:
-        return None
-    keys = ("ceiling_seq_per_s", "best_batch_size", "torch_threads", "cores", "created_utc", "path", "source")
-    return {k: ceiling[k] for k in keys if k in ceiling}
+def judge(ceiling: Ceiling | None, achieved: float | None) -> dict:
+    """The summary's ceiling fields: the denominator, the ratio to it, and the flag."""
+    if ceiling is None:
+        return {"ceiling": None, "ceiling_seq_per_s": None, "ceiling_ratio": None, "above_ceiling": None}
+    detail = ceiling.to_dict(achieved)
+    bracket = detail["bracket"] or {}
+    return {
+        "ceiling": detail,
+        "ceiling_seq_per_s": ceiling.denominator,
+        "ceiling_ratio": ceiling.ratio(achieved),
+        "above_ceiling": bracket.get("above_ceiling"),
+    }
 
 
-def run(
-    variant: str,
-    server_args: dict | list | None = None,
-    load: Load | None = None,
-    *,
-    slo_ms: float = DEFAULT_SLO_MS,
-    seed: int = 0,
-    torch_threads: int | None = 1,
-    server_cores="auto",
-    locust_cores="auto",
-    ceiling="auto",
-    find_max_rate: bool = False,
-    max_rate_steps: int = 8,
-    max_rate_tolerance: float = 0.05,
-    warmup: bool = True,
-    results_dir: Path = RESULTS,
-    tag: str | None = None,
-    progress=print,
-) -> RunResult:
+def run(variant: str, server_args: dict | list | None = None, load: Load | None = None,
+        setup: Setup | None = None, *, find_max_rate: bool = False, max_rate_steps: int = 8,
+        max_rate_tolerance: float = 0.05, tag: str | None = None, progress=print) -> RunResult:
     """Start `variant` with `server_args`, warm it up, run `load` (default: 10 req/s open loop
     for 10 s), and write the run's folder. With find_max_rate, search the highest open-loop rate
-    whose p99 stays under slo_ms instead (load gives the step length and the first rate).
-
-    ceiling: "auto" (a ceiling file from `python -m servelab ceiling` for the same model and
-    threads, if any), "measure" (measure it first), "none", a number, or a path to a file.
-    Cores: "auto" (server on the first core, Locust on the second), "none", or "0,1"-style.
+    whose p99 stays under setup.slo_ms instead (load gives the step length and the first rate).
     """
     load = load or Load()
+    setup = setup or Setup()
     progress = progress or (lambda *_: None)
-    results_dir = Path(results_dir)
-    run_dir = new_run_dir(results_dir, Path(variant).stem, tag)
+    run_dir = new_run_dir(setup.results_dir, Path(variant).stem, tag)
     progress(f"run folder: {run_dir}")
-    with Bench(
-        variant,
-        server_args,
-        log_dir=run_dir,
-        slo_ms=slo_ms,
-        seed=seed,
-        torch_threads=torch_threads,
-        server_cores=server_cores,
-        locust_cores=locust_cores,
-        ceiling=ceiling,
-        warmup=warmup,
-        results_dir=results_dir,
-        progress=progress,
-    ) as bench:
+    with Bench(variant, server_args, setup, log_dir=run_dir, progress=progress) as bench:
         if not find_max_rate:
             summary = bench.measure(load, run_dir)
         else:
@@ -374,13 +343,8 @@ def run(
                 max_rate_search=found["search"],
             )
             if found["best_dir"] is not None:  # the run folder shows the best passing step
-                for name in (
-                    "requests.csv",
-                    "manifest.json",
-                    "locust.log",
-                    "metrics_before.txt",
-                    "metrics_after.txt",
-                ):
+                for name in ("requests.csv", "manifest.json", "locust.log", "metrics_before.txt",
+                             "metrics_after.txt"):
                     shutil.copy(found["best_dir"] / name, run_dir / name)
             else:
                 (run_dir / "manifest.json").write_text(json.dumps(bench.base_manifest(), indent=2) + "\n")
@@ -408,8 +372,24 @@ def describe(summary: dict) -> str:
         f"latency ms p50 {ms(lat.get('p50'))}  p90 {ms(lat.get('p90'))}  p99 {ms(lat.get('p99'))}  "
         f"max {ms(lat.get('max'))};  goodput {num(get('goodput_rate'))}/s within {get('slo_ms')} ms",
         f"errors {get('errors_by_status')}; late sends {get('late_sends')}; "
-        f"mean batch {num(get('mean_batch_size'))}; ceiling ratio {num(get('ceiling_ratio'))}",
+        f"mean batch {num(get('mean_batch_size'))}",
+        f"model busy {num(get('model_busy_fraction'), '.0%')} of the time, "
+        f"{num(get('busy_seq_per_s'), '.1f')} seq/s "
+        f"while busy; padding {num(get('padding_share'), '.0%')} of the tokens computed; "
+        f"load generator {num(get('loadgen_cpu_share'), '.0%')} of its core",
     ]
+    ceiling = get("ceiling") or {}
+    bracket = ceiling.get("bracket")
+    if bracket:
+        lines.append(
+            f"ceiling bracket {bracket['before']:.1f} -> {bracket['after']:.1f} seq/s: ratio "
+            f"{num(get('ceiling_ratio'))} "
+            f"({bracket['ratio_to_before']:.2f} / {bracket['ratio_to_after']:.2f} "
+            f"to each end)" + (f"  ** {bracket['note']} **" if bracket.get("above_ceiling") else "")
+        )
+    elif get("ceiling_ratio") is not None:
+        lines.append(f"ceiling {num(get('ceiling_seq_per_s'), '.1f')} seq/s ({ceiling.get('source')}): "
+                     f"ratio {num(get('ceiling_ratio'))}")
     if "max_sustainable_rate" in summary:
         lines.append(
             f"max sustainable rate: {num(summary['max_sustainable_rate'])}/s "

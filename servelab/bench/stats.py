@@ -134,10 +134,31 @@ def batch_stats(before: dict, after: dict) -> dict:
     return {
         "batches": batches,
         "batched_items": items,
+        "compute_s": compute_s if has_compute else None,
+        "tokens": delta("servelab_batch_tokens_total", kind="real"),
+        "padded_tokens": delta("servelab_batch_tokens_total", kind="padded"),
         "mean_batch_size": items / batches if batches else None,
         "mean_batch_compute_ms": compute_s / batches * 1000 if batches and has_compute else None,
         "batches_by_close_reason": {k: v for k, v in sorted(reasons.items()) if v},
         "server_requests_by_status": {k: v for k, v in sorted(statuses.items()) if v},
+    }
+
+
+def where_time_went(batching: dict, span_s: float) -> dict:
+    """The two figures that explain a ratio to the ceiling (batching: from batch_stats).
+
+    model_busy_fraction: the model's compute time over the run's wall time (first send to last
+    answer); busy_seq_per_s: sequences per second of compute time. Achieved throughput is about
+    their product, so a low ratio is either idling (busy fraction) or slow batches; padding_share
+    (padded positions over all positions computed) says how much of the slowness is padding,
+    and the rest is the HTTP path sharing the model's core.
+    """
+    compute_s, items = batching.get("compute_s"), batching.get("batched_items")
+    padded, real = batching.get("padded_tokens"), batching.get("tokens")
+    return {
+        "model_busy_fraction": compute_s / span_s if compute_s is not None and span_s > 0 else None,
+        "busy_seq_per_s": items / compute_s if compute_s and items else None,
+        "padding_share": 1 - real / padded if padded else None,
     }
 
 

@@ -5,7 +5,7 @@
 Each server setting is started once and warmed up; then each load point runs against it and
 writes its own run folder (next to the CSV) and one row of the CSV. Rerunning the same command
 skips the points already in the CSV, so an interrupted sweep resumes where it stopped.
-A rate written as "2x" means 2 x the offered ceiling (python -m servelab ceiling).
+A rate written as "2x" means 2 x the offline ceiling (python -m servelab ceiling).
 """
 
 from __future__ import annotations
@@ -13,16 +13,35 @@ from __future__ import annotations
 import csv
 import itertools
 import re
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from servelab.bench import stats
 from servelab.bench.loadgen import Load, LoadError
-from servelab.bench.run import DEFAULT_SLO_MS, RESULTS, Bench
+from servelab.bench.run import Bench
+from servelab.bench.setup import Setup
+from servelab.paths import RESULTS
 from servelab.process import ServerError, accepted_flags, server_argv
 
 
 class SweepError(RuntimeError):
     pass
+
+
+@dataclass(frozen=True)
+class Point:
+    """One point of a sweep: a variant, its varied server flags ("-" where the variant lacks the
+    flag, as naive lacks --max-wait-ms), and one load: ("rate", "2x") or ("spike_factor", 3)."""
+
+    variant: str
+    config: tuple[tuple[str, object], ...]
+    load: tuple[str, object]
+
+    def flags(self) -> dict:
+        return {k: v for k, v in self.config if v != "-"}
+
+    def folder_name(self) -> str:
+        return _slug(f"{self.variant}_{'_'.join(f'{k}-{v}' for k, v in self.config)}")
 
 
 def _slug(text: str) -> str:
@@ -49,14 +68,33 @@ def write_points(path: Path, rows: list[dict]) -> None:
     tmp.replace(path)
 
 
-def point_key(point: dict) -> str:
-    return "|".join(f"{k}={point[k]}" for k in sorted(point))
+def point_key(row: dict) -> str:
+    return "|".join(f"{k}={row[k]}" for k in sorted(row))
+
+
+def plan(variants: list[str], grid: dict[str, list], loads: list[tuple[str, object]]) -> list[Point]:
+    """Every point, grouped by server setting (each setting's points are adjacent)."""
+    names = list(grid)
+    points = []
+    for variant in variants:
+        accepted = accepted_flags(variant)
+        seen = []
+        for values in itertools.product(*(grid[n] for n in names)):
+            config = tuple(
+                (name, value if "--" + name.replace("_", "-") in accepted else "-")
+                for name, value in zip(names, values, strict=True)
+            )
+            if config not in seen:
+                seen.append(config)
+                points += [Point(variant, config, load) for load in loads]
+    return points
 
 
 def sweep(
     variants: list[str],
     grid: dict[str, list] | None = None,
     rates: list | None = None,
+    setup: Setup | None = None,
     *,
     scenario: str = "open",
     spike_factors: list[float] | None = None,
@@ -65,141 +103,83 @@ def sweep(
     out: Path = RESULTS / "sweeps" / "sweep.csv",
     server_args: dict | None = None,
     server_extra: list[str] | None = None,
-    slo_ms: float = DEFAULT_SLO_MS,
-    seed: int = 0,
-    torch_threads: int | None = 1,
-    server_cores="auto",
-    locust_cores="auto",
-    ceiling="auto",
     load_options: dict | None = None,
-    results_dir: Path = RESULTS,
     progress_bar: bool = True,
     progress=print,
 ) -> Path:
     """Run every point not yet in `out`; return the CSV's path.
 
-    server_args, server_extra: fixed server flags (a dict, then raw arguments).
     grid: server flags to vary, e.g. {"max_wait_ms": [1, 5], "max_batch_size": [16, 64]}.
     rates (open scenario): offered rates; "2x" = 2 x the ceiling.
     spike_factors (spike scenario): peak rates as multiples of capacity_rate (default: the ceiling).
+    server_args, server_extra: fixed server flags (a dict, then raw arguments).
     """
-    from tqdm import tqdm  # the text bar: tqdm.auto wants ipywidgets in a notebook
+    from tqdm import tqdm
 
+    setup = setup or Setup()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    folder = out.with_suffix("")
-    grid = grid or {}
-    names = list(grid)
-    configs = [
-        dict(zip(names, values, strict=True)) for values in itertools.product(*(grid[n] for n in names))
-    ]
     if scenario == "spike":
         loads = [("spike_factor", f) for f in (spike_factors or [2, 3, 4])]
     elif scenario == "open":
         loads = [("rate", r) for r in (rates or [10])]
     else:
         raise SweepError(f"sweeps run open-loop loads (scenario open or spike), not {scenario!r}")
-    points = []
-    for variant in variants:
-        # A flag the variant lacks (naive has no --max-wait-ms) is "-" in its points, not an error.
-        accepted = accepted_flags(variant)
-        seen = []
-        for config in configs:
-            config = {k: (v if "--" + k.replace("_", "-") in accepted else "-") for k, v in config.items()}
-            if config not in seen:
-                seen.append(config)
-                points += [(variant, config, load) for load in loads]
+    points = plan(variants, grid or {}, loads)
+
+    def identity(point: Point) -> dict:  # the CSV columns that say which point a row is
+        return {"variant": point.variant, **dict(point.config), "scenario": scenario,
+                point.load[0]: point.load[1],
+                "duration_s": duration_s, "seed": setup.seed, "slo_ms": setup.slo_ms,
+                "torch_threads": setup.torch_threads}
 
     rows = read_points(out)
     done = {row["key"] for row in rows}
-
-    def describe_point(variant: str, config: dict, load: tuple) -> dict:
-        return {
-            "variant": variant,
-            **{k: config[k] for k in names},
-            "scenario": scenario,
-            load[0]: load[1],
-            "duration_s": duration_s,
-            "seed": seed,
-            "slo_ms": slo_ms,
-            "torch_threads": torch_threads,
-        }
-
-    bar = tqdm(
-        total=len(points),
-        initial=sum(point_key(describe_point(*p)) in done for p in points),
-        disable=not progress_bar,
-        desc="sweep",
-        unit="point",
-    )
-    ceiling_spec = ceiling
+    todo = [p for p in points if point_key(identity(p)) not in done]
+    bar = tqdm(total=len(points), initial=len(points) - len(todo), disable=not progress_bar, desc="sweep",
+               unit="point")
     try:
-        for (variant, config), group in itertools.groupby(points, key=lambda p: (p[0], p[1])):
-            todo = [p for p in group if point_key(describe_point(*p)) not in done]
-            if not todo:
-                continue
-            flags = {k: v for k, v in config.items() if v != "-"}
-            args = server_argv({**(server_args or {}), **flags}) + list(server_extra or [])
-            log_dir = folder / _slug(f"{variant}_{'_'.join(f'{k}-{v}' for k, v in config.items())}")
-            bar.set_postfix_str(f"starting {variant} {config}")
-            with Bench(
-                variant,
-                args,
-                log_dir=log_dir,
-                slo_ms=slo_ms,
-                seed=seed,
-                torch_threads=torch_threads,
-                server_cores=server_cores,
-                locust_cores=locust_cores,
-                ceiling=ceiling_spec,
-                results_dir=results_dir,
-                progress=None,
-            ) as bench:
-                ceiling_rate = (bench.ceiling or {}).get("ceiling_seq_per_s")
-                if ceiling_rate:
-                    ceiling_spec = ceiling_rate  # measured or found once: the same for every point
-                for _, _, load_point in todo:
-                    point = describe_point(variant, config, load_point)
-                    load = make_load(
-                        scenario,
-                        load_point,
-                        duration_s,
-                        capacity_rate or ceiling_rate,
-                        ceiling_rate,
-                        load_options or {},
-                    )
-                    bar.set_postfix_str(f"{variant} {config} {load_point[0]}={load_point[1]}")
-                    point_dir = log_dir / _slug(f"{load_point[0]}-{load_point[1]}")
-                    row = {"key": point_key(point), **point}
-                    try:
-                        summary = bench.measure(load, point_dir)
-                    except (LoadError, ServerError) as exc:  # a server that dies under load is a result
-                        summary = {"failed": str(exc).splitlines()[0]}
-                    measured = stats.flatten({k: v for k, v in summary.items() if k != "settings"})
-                    row |= {k: v for k, v in measured.items() if k not in row} | {"run_dir": str(point_dir)}
-                    rows.append(row)
+        for (variant, config), grouped in itertools.groupby(todo, key=lambda p: (p.variant, p.config)):
+            group = list(grouped)
+            args = server_argv({**(server_args or {}), **group[0].flags()}) + list(server_extra or [])
+            bar.set_postfix_str(f"starting {variant} {dict(config)}")
+            with Bench(variant, args, setup, log_dir=out.with_suffix("") / group[0].folder_name(),
+                       progress=None) as bench:
+                if bench.ceiling:  # found or measured once: the same for every later setting
+                    setup = replace(setup, ceiling=bench.ceiling)
+                for point in group:
+                    bar.set_postfix_str(f"{variant} {dict(config)} {point.load[0]}={point.load[1]}")
+                    load = make_load(scenario, point.load, duration_s, capacity_rate, bench.ceiling,
+                                     load_options or {})
+                    row = measure_point(bench, load, out.with_suffix("") / point.folder_name()
+                                        / _slug(f"{point.load[0]}-{point.load[1]}"))
+                    rows.append({"key": point_key(identity(point)), **identity(point)}
+                                | {k: v for k, v in row.items() if k not in identity(point)})
                     write_points(out, rows)
-                    done.add(point_key(point))
                     bar.update(1)
     finally:
         bar.close()
     if progress:
-        progress(f"sweep: {len(done)} of {len(points)} points in {out}")
+        progress(f"sweep: {bar.n} of {len(points)} points in {out}")
     return out
 
 
-def make_load(
-    scenario: str,
-    load_point: tuple,
-    duration_s: float,
-    capacity_rate: float | None,
-    ceiling_rate: float | None,
-    options: dict,
-) -> Load:
+def measure_point(bench: Bench, load: Load, point_dir: Path) -> dict:
+    """One point's CSV columns: its summary, flattened; a server that dies under load is a result."""
+    try:
+        summary = bench.measure(load, point_dir)
+    except (LoadError, ServerError) as exc:
+        summary = {"failed": str(exc).splitlines()[0]}
+    return stats.flatten({k: v for k, v in summary.items() if k != "settings"}) | {"run_dir": str(point_dir)}
+
+
+def make_load(scenario: str, load_point: tuple, duration_s: float, capacity_rate: float | None, ceiling,
+              options: dict) -> Load:
     kind, value = load_point
+    ceiling_rate = ceiling.value if ceiling else None
     if kind == "rate":
-        rate = parse_rate(value, ceiling_rate)
-        return Load.open(rate=rate, duration_s=duration_s, **options)
+        return Load.open(rate=parse_rate(value, ceiling_rate), duration_s=duration_s, **options)
+    capacity_rate = capacity_rate or ceiling_rate
     if not capacity_rate:
         raise SweepError("a spike sweep needs --capacity-rate or a ceiling (python -m servelab ceiling)")
     return Load.spike(capacity_rate=capacity_rate, factor=float(value), **options)

@@ -1,0 +1,49 @@
+"""How busy a process kept its cores: CPU seconds per wall second over a chosen window.
+
+The runner watches Locust with it, so that each run records the load generator's CPU share,
+and the ceiling's stand-in (servelab.bench.neighbour) can replay that share.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+
+class CpuWatch:
+    """Samples a process's CPU time (user + system, its threads included) every period_s, on the
+    wall clock (time.time(), the clock of the request log), until stopped or the process ends."""
+
+    def __init__(self, pid: int, period_s: float = 0.2):
+        self.pid, self.period_s = pid, period_s
+        self.samples: list[tuple[float, float]] = []  # (wall time, CPU seconds so far)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> CpuWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        import psutil
+
+        try:
+            process = psutil.Process(self.pid)
+            while not self._stop.is_set():
+                times = process.cpu_times()
+                self.samples.append((time.time(), times.user + times.system))
+                self._stop.wait(self.period_s)
+        except psutil.Error:  # the process ended: the samples so far are all there is
+            pass
+
+    def share(self, start: float, end: float) -> float | None:
+        """CPU seconds per wall second between two wall times (interpolated between samples);
+        None if the samples do not cover at least half of the window."""
+        inside = [s for s in self.samples if start <= s[0] <= end]
+        if len(inside) < 2 or inside[-1][0] - inside[0][0] < 0.5 * (end - start):
+            return None
+        return (inside[-1][1] - inside[0][1]) / (inside[-1][0] - inside[0][0])
