@@ -41,7 +41,7 @@ REUSE_SWEEPS = False  # True: keep the points already measured in this results f
 # %%
 import matplotlib.pyplot as plt
 
-from servelab.bench import Load, run, sweep
+from servelab.bench import Load, Setup, run, sweep
 
 OUT = nb.setup(RESULTS, "04_circuit_breaking")
 SLO_MS = 1500  # goodput: answers within 1.5 s (the objective of a slow, one-core CPU server)
@@ -59,6 +59,8 @@ print(f"quick={QUICK}; results in {OUT}")
 # %%
 ceiling = nb.ceiling(RESULTS, QUICK)
 CEILING = ceiling["ceiling_seq_per_s"]
+SETUP = Setup(slo_ms=SLO_MS, ceiling=nb.reference(ceiling), results_dir=RESULTS,
+              bracket_seconds=0.5 if QUICK else 2.0)
 
 # %% [markdown]
 # ## A spike, with and without the breaker
@@ -71,8 +73,7 @@ CEILING = ceiling["ceiling_seq_per_s"]
 spike = Load.spike(capacity_rate=CEILING, **SPIKE)
 runs = {}
 for name, args in {"breaker": BREAKER, "no breaker": NO_BREAKER}.items():
-    result = run("thread_offloaded", args, spike, slo_ms=SLO_MS, ceiling=CEILING, results_dir=RESULTS,
-                 tag=name.replace(" ", "_"), progress=None)
+    result = run("thread_offloaded", args, spike, SETUP, tag=name.replace(" ", "_"), progress=None)
     runs[name] = result
     s = result.summary
     settings = result.manifest["server"]["info"]["settings"]
@@ -124,10 +125,10 @@ for name, rows in timelines.items():
 
 # %%
 points_csv = nb.fresh(OUT / "breaker_curves.csv", REUSE_SWEEPS)
-common = {"duration_s": CURVE_DURATION_S, "out": points_csv, "slo_ms": SLO_MS, "ceiling": CEILING,
-          "results_dir": RESULTS, "progress_bar": False, "progress": None}
-sweep(["thread_offloaded"], {"max_queue": QUEUE_LIMITS, "queue_timeout_ms": [OFF]}, [OVERLOAD], **common)
-sweep(["thread_offloaded"], {"max_queue": [OFF], "queue_timeout_ms": QUEUE_TIMEOUTS_MS}, [OVERLOAD], **common)
+common = {"duration_s": CURVE_DURATION_S, "out": points_csv, "progress_bar": False, "progress": None}
+sweep(["thread_offloaded"], {"max_queue": QUEUE_LIMITS, "queue_timeout_ms": [OFF]}, [OVERLOAD], SETUP, **common)
+sweep(["thread_offloaded"], {"max_queue": [OFF], "queue_timeout_ms": QUEUE_TIMEOUTS_MS}, [OVERLOAD], SETUP,
+      **common)
 points = nb.read_csv(points_csv)
 assert not [p for p in points if p.get("failed")], [p["failed"] for p in points if p.get("failed")]
 

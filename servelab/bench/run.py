@@ -98,7 +98,10 @@ class Bench:
     """
 
     def __init__(self, variant: str, server_args: dict | list | None = None, setup: Setup | None = None, *,
-                 log_dir: Path, progress=print):
+                 log_dir: Path, quick: QuickCeiling | None = None, progress=print):
+        """quick: a started quick-ceiling helper to use and leave running (a sweep shares one
+        across its server settings: they serve the same model); by default the bench starts its
+        own when setup.bracket is set, and stops it on exit."""
         self.server_args = server_args
         self.setup = setup = setup or Setup()
         self.server_cores = parse_cores(setup.server_cores, "server")
@@ -114,7 +117,8 @@ class Bench:
         )
         self.variant = self.server.variant
         self.ceiling: Ceiling | None = None
-        self.quick: QuickCeiling | None = None
+        self.quick = quick
+        self.owns_quick = quick is None
         self.warmup_result: dict | None = None
         self.loadgen_cpu_per_request = LOADGEN_CPU_S_PER_REQUEST
 
@@ -134,7 +138,7 @@ class Bench:
             self.progress(f"starting {self.variant}: {' '.join(self.server.argv[1:])}")
             self.server.start()
             self.ceiling = self.ceiling or self._known_ceiling()
-            if self.setup.bracket:  # loads its own model copy on the server's core, the server idle
+            if self.setup.bracket and self.quick is None:  # its own model copy, on the idle server's core
                 self.progress("starting the quick-ceiling helper ...")
                 self.quick = QuickCeiling(
                     **self._model_options(),
@@ -161,9 +165,9 @@ class Bench:
 
     def __exit__(self, *exc) -> None:
         self.server.stop()
-        if self.quick:
+        if self.quick and self.owns_quick:
             self.quick.__exit__()
-            self.quick = None
+        self.quick = None
 
     def _model_options(self) -> dict:
         return {

@@ -10,6 +10,7 @@ A rate written as "2x" means 2 x the offline ceiling (python -m servelab ceiling
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import itertools
 import re
@@ -138,15 +139,20 @@ def sweep(
     todo = [p for p in points if point_key(identity(p)) not in done]
     bar = tqdm(total=len(points), initial=len(points) - len(todo), disable=not progress_bar, desc="sweep",
                unit="point")
+    quick = None  # the first setting's quick-ceiling helper, kept for the later ones
+    helpers = contextlib.ExitStack()
     try:
         for (variant, config), grouped in itertools.groupby(todo, key=lambda p: (p.variant, p.config)):
             group = list(grouped)
             args = server_argv({**(server_args or {}), **group[0].flags()}) + list(server_extra or [])
             bar.set_postfix_str(f"starting {variant} {dict(config)}")
             with Bench(variant, args, setup, log_dir=out.with_suffix("") / group[0].folder_name(),
-                       progress=None) as bench:
+                       quick=quick, progress=None) as bench:
                 if bench.ceiling:  # found or measured once: the same for every later setting
                     setup = replace(setup, ceiling=bench.ceiling)
+                if bench.quick and quick is None:  # same model for every setting: one helper
+                    quick, bench.owns_quick = bench.quick, False
+                    helpers.callback(quick.__exit__)
                 for point in group:
                     bar.set_postfix_str(f"{variant} {dict(config)} {point.load[0]}={point.load[1]}")
                     load = make_load(scenario, point.load, duration_s, capacity_rate, bench.ceiling,
@@ -158,6 +164,7 @@ def sweep(
                     write_points(out, rows)
                     bar.update(1)
     finally:
+        helpers.close()
         bar.close()
     if progress:
         progress(f"sweep: {bar.n} of {len(points)} points in {out}")

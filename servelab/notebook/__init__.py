@@ -12,6 +12,7 @@ only when a plot is drawn.
     folder = nb.setup(RESULTS, "02_dynamic_batching")
 """
 
+from servelab.bench.ceiling import ABOVE_NOTE
 from servelab.bench.stats import percentile
 from servelab.notebook.analysis import (
     clear,
@@ -22,7 +23,7 @@ from servelab.notebook.analysis import (
     recovered_after,
     server_settings,
 )
-from servelab.notebook.ceiling import ceiling, plot_ceiling_by_batch
+from servelab.notebook.ceiling import ceiling, plot_ceiling_by_batch, reference
 from servelab.notebook.execution import NOTEBOOKS, execute, notebooks, running, tiny_fill_mask_model
 from servelab.notebook.plots import (
     COLORS,
@@ -43,6 +44,7 @@ from servelab.notebook.probes import Prober, long_inputs, memory_mb, model_weigh
 from servelab.notebook.results import banner, fresh, read_csv, save, setup, write_csv
 
 __all__ = [
+    "ABOVE_NOTE",
     "COLORS",
     "NOTEBOOKS",
     "STATUS_COLORS",
@@ -74,6 +76,7 @@ __all__ = [
     "read_csv",
     "read_trace",
     "recovered_after",
+    "reference",
     "running",
     "save",
     "send_schedule",

@@ -180,14 +180,23 @@ def plot_breaker_curve(axes, points: list[dict], x: str, x_label: str,
 
 def plot_variants(axes, points: list[dict], moderate_rate: float, overload_rate: float,
                   ceiling_rate: float | None) -> None:
-    """One bar per variant: axes[0] achieved rate under overload (against the ceiling),
-    axes[1] p50 and p99 at moderate load."""
+    """One bar per variant: axes[0] achieved rate under overload, with the quick ceilings timed just
+    before and after that point (black range) and the reference ceiling; axes[1] p50 and p99 at
+    moderate load."""
     import numpy as np
 
     over = [p for p in points if math.isclose(p["offered_rate"], overload_rate, rel_tol=1e-3)]
     mod = [p for p in points if math.isclose(p["offered_rate"], moderate_rate, rel_tol=1e-3)]
     names = [p["variant"] for p in over]
     axes[0].bar(names, [p.get("achieved_rate") or 0 for p in over], color=[COLORS.get(v) for v in names])
+    for i, p in enumerate(over):
+        ends = [p.get("ceiling.bracket.before"), p.get("ceiling.bracket.after")]
+        if None not in ends:
+            axes[0].plot([i, i], [min(ends), max(ends)], color="black", lw=3, solid_capstyle="butt",
+                         label="ceiling before / after the point" if i == 0 else None)
+            if p.get("above_ceiling"):
+                axes[0].annotate("above the\nbracket", (i, p["achieved_rate"]), ha="center", va="bottom",
+                                 fontsize=7, color="red")
     if ceiling_rate:
         axes[0].axhline(ceiling_rate, color="red", ls="--", label=f"offline ceiling {ceiling_rate:.0f}/s")
     axes[0].axhline(overload_rate, color="gray", ls=":", label=f"offered {overload_rate:.0f}/s")

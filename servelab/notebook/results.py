@@ -63,6 +63,8 @@ def read_csv(path: Path) -> list[dict]:
 def _number(text):
     if text in ("", "None", None):
         return None
+    if text in ("True", "False"):  # flags such as above_ceiling
+        return text == "True"
     try:
         return float(text)
     except ValueError:
