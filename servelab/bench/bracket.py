@@ -12,8 +12,9 @@ whenever the runner asks, while the server sits idle between loads.
         ... the run ...
         after = quick.measure(loadgen_duty=measured_duty)
 
-The helper itself: python -m servelab.bench.bracket --cores 0 --batch-sizes 4,8,16 ...
-(reads one JSON request per line on stdin, answers one JSON line on stdout).
+The helper is this module's main(), started by import (the bench package imports this module,
+and `python -m` would run it a second time): it reads one JSON request per line on stdin and
+answers one JSON line on stdout.
 """
 
 from __future__ import annotations
@@ -40,7 +41,8 @@ class QuickCeiling:
                  cores: list[int] | None, loadgen_cores: list[int] | None, batch_sizes,
                  seconds: float = 1.2, seed: int = 0):
         self.batch_sizes = tuple(batch_sizes)
-        self.argv = [sys.executable, "-m", "servelab.bench.bracket", "--device", device,
+        self.argv = [sys.executable, "-c", "from servelab.bench.bracket import main; main()",
+                     "--device", device,
                      "--torch-threads", str(torch_threads), "--seconds", str(seconds), "--seed", str(seed),
                      "--batch-sizes", ",".join(map(str, self.batch_sizes)),
                      "--cores", _cores_arg(cores), "--loadgen-cores", _cores_arg(loadgen_cores)]
@@ -99,7 +101,7 @@ def _cores_arg(cores: list[int] | None) -> str:
 def main() -> None:
     from servelab.bench.ceiling import load_for_timing, time_batches
 
-    parser = argparse.ArgumentParser(description=__doc__,
+    parser = argparse.ArgumentParser(prog="quick-ceiling helper", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model")
     parser.add_argument("--task")
@@ -131,6 +133,3 @@ def main() -> None:
                   "loadgen_duty": duty, "measured_duty": round(neighbour.measured_duty, 4)}
         print(json.dumps(answer), flush=True)
 
-
-if __name__ == "__main__":
-    main()

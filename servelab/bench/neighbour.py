@@ -11,7 +11,8 @@ cycle: busy for duty x 10 ms, idle for the rest, in every 10 ms period.
         ... time the pipeline on core 0 ...
     neighbour.measured_duty   # CPU seconds it used per second, read from the OS
 
-Run alone (what the context manager starts): python -m servelab.bench.neighbour DUTY [PERIOD_S]
+The child runs `spin` by import rather than `python -m servelab.bench.neighbour`: the bench
+package imports this module itself, and runpy warns about running a module already imported.
 """
 
 from __future__ import annotations
@@ -58,7 +59,8 @@ class BusyNeighbour:
             from servelab.process import pinning
 
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "servelab.bench.neighbour", str(self.duty)],
+                [sys.executable, "-c", "import sys; from servelab.bench.neighbour import spin; "
+                 "spin(float(sys.argv[1]))", str(self.duty)],
                 cwd=REPO,
                 stdin=subprocess.DEVNULL,
                 preexec_fn=pinning(self.cores),
@@ -84,6 +86,3 @@ def _cpu_seconds(pid: int) -> float:
     times = psutil.Process(pid).cpu_times()
     return times.user + times.system
 
-
-if __name__ == "__main__":
-    spin(float(sys.argv[1]), float(sys.argv[2]) if len(sys.argv) > 2 else PERIOD_S)

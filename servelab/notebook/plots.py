@@ -181,7 +181,7 @@ def plot_breaker_curve(axes, points: list[dict], x: str, x_label: str,
 def plot_variants(axes, points: list[dict], moderate_rate: float, overload_rate: float,
                   ceiling_rate: float | None) -> None:
     """One bar per variant: axes[0] achieved rate under overload, with the quick ceilings timed just
-    before and after that point (black range) and the reference ceiling; axes[1] p50 and p99 at
+    before and after that point (black lines) and the reference ceiling; axes[1] p50 and p99 at
     moderate load."""
     import numpy as np
 
@@ -192,8 +192,8 @@ def plot_variants(axes, points: list[dict], moderate_rate: float, overload_rate:
     for i, p in enumerate(over):
         ends = [p.get("ceiling.bracket.before"), p.get("ceiling.bracket.after")]
         if None not in ends:
-            axes[0].plot([i, i], [min(ends), max(ends)], color="black", lw=3, solid_capstyle="butt",
-                         label="ceiling before / after the point" if i == 0 else None)
+            axes[0].hlines(ends, i - 0.4, i + 0.4, colors="black", lw=1.5,
+                           label="quick ceilings just before and after the point" if i == 0 else None)
             if p.get("above_ceiling"):
                 axes[0].annotate("above the\nbracket", (i, p["achieved_rate"]), ha="center", va="bottom",
                                  fontsize=7, color="red")
