@@ -6,7 +6,7 @@
 
 Each notebook's data (CSVs, PNGs, run folders) goes under OUT, and its executed copy (with
 outputs) is written to OUT/NAME.ipynb; the notebooks in notebooks/ stay without outputs.
-Quick mode takes a few minutes; full mode (SERVELAB_QUICK=0) about 15 minutes on 2 cores.
+Quick mode takes about 8 minutes; full mode (SERVELAB_QUICK=0) about 26 minutes on 2 cores.
 Nothing else should run on the machine meanwhile: the numbers are timings.
 """
 

@@ -1,11 +1,12 @@
 """Copy a finished run of the notebooks (or of measure.sh) into results/reference/, small and
 with no path of the machine it was made on.
 
-    python results/reference/curate.py /tmp/ref-nb results/reference/cpu-2core
+    python notebooks/run_all.py --full --out results/notebooks
+    python results/reference/curate.py results/notebooks results/reference/cpu-2core
 
 - Keeps what explains a figure: summaries, manifests, server logs, traces, CSVs, PNGs, the
   executed notebooks. Drops the bulky scratch: per-request CSVs, Locust logs, /metrics scrapes,
-  and model weights (the tiny random BERT the fill-mask notebooks build).
+  and the tiny random BERT the fill-mask notebooks build.
 - Rewrites absolute paths in every text file: the source folder becomes DEST's path in the
   repository, the repository's own root becomes relative ("." and below), so that a reader's
   clone resolves them.
@@ -18,7 +19,8 @@ import shutil
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-DROP_NAMES = {"requests.csv", "locust.log", "metrics_before.txt", "metrics_after.txt"}
+# models/: the tiny random-weight BERT the fill-mask notebooks build (rebuilt on every run).
+DROP_NAMES = {"requests.csv", "locust.log", "metrics_before.txt", "metrics_after.txt", "models"}
 DROP_SUFFIXES = {".safetensors", ".bin", ".pt", ".tmp"}
 TEXT_SUFFIXES = {".json", ".jsonl", ".csv", ".ipynb", ".log", ".txt", ".md"}
 
