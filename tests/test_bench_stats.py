@@ -5,12 +5,14 @@ from __future__ import annotations
 import importlib.util
 import math
 import random
+from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
 from servelab.bench import Bracket, Ceiling, corpus, stats
-from servelab.bench.loadgen import Load
+from servelab.bench.cpuwatch import CpuWatch
+from servelab.bench.loadgen import Load, LocustRun
 from servelab.bench.sweep import SweepError, parse_rate
 from servelab.paths import LOADTESTS
 
@@ -263,3 +265,21 @@ def test_a_ceiling_from_a_measurement_brackets_its_fastest_batch_sizes():
     data = {"ceiling_seq_per_s": 85.0, "best_batch_size": 4, "by_batch_size": rows}
     assert Ceiling.from_data(data, "file").top_batch_sizes() == (4, 8, 16)
     assert Ceiling(85.0, "given").top_batch_sizes() == (4, 8, 16)  # no rows: the usual best sizes
+
+
+def test_cpu_share_between_two_wall_times():
+    watch = CpuWatch(pid=0)
+    watch.samples = [(100.0, 5.0), (101.0, 5.1), (102.0, 5.3), (103.0, 5.6), (104.0, 5.6)]
+    assert watch.share(101.0, 103.0) == pytest.approx(0.25)  # 0.5 CPU seconds over 2 s
+    assert watch.share(100.0, 104.0) == pytest.approx(0.15)
+    assert watch.share(103.5, 110.0) is None  # one sample inside: nothing to divide
+
+
+def test_the_load_generators_share_is_taken_from_first_send_to_last_answer():
+    watch = CpuWatch(pid=0)
+    watch.samples = [(float(t), 0.1 * t) for t in range(30)]  # 10% of a core throughout
+    watch.samples[0] = (0.0, -2.0)  # start-up before the first send: left out
+    rows = [{"actual_send_s": 5.0, "latency_ms": 100.0}, {"actual_send_s": 9.0, "latency_ms": 11_000.0}]
+    run = LocustRun(argv=[], request_log=Path("unused"), cpu=watch)
+    assert run.cpu_share(rows) == pytest.approx(0.1)
+    assert run.cpu_share([]) is None
