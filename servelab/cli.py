@@ -46,7 +46,9 @@ def build_parser(variant: str, doc: str, defaults: dict) -> argparse.ArgumentPar
     add("--model", default=None, help="model folder or hub id (default: the packaged all-MiniLM-L6-v2, "
         "served offline as sentence embeddings)")
     add("--task", default=None, help="pipeline task, e.g. fill-mask; default: read from the model's config")
-    add("--device", default="auto", help="auto, cpu, cuda or cuda:N (auto: cuda when torch sees one)")
+    add("--device", default="auto", help="auto, cpu, cuda or cuda:N (auto: cuda when torch sees one), or "
+        "emulated:PROFILE (the pipeline on this CPU, its forward pass a wait timed by "
+        "servelab/profiles/PROFILE.json or a profile's path)")
     add("--online", action="store_true", help="allow downloading --model from the Hugging Face hub "
         "(default: offline, only folders and the local cache)")
     add("--torch-threads", type=int, default=None,

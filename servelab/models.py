@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from servelab.emulated import PREFIX, Profile, ProfileError, emulate, is_emulated
+
 log = logging.getLogger("servelab.models")
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
@@ -113,6 +115,7 @@ class LoadedModel:
     device: str
     max_tokens: int
     call_kwargs: dict = field(default_factory=dict)
+    emulated: Any = None  # the servelab.emulated.Profile whose waits replace the forward pass
 
     @property
     def dtype(self) -> str:
@@ -132,6 +135,7 @@ class LoadedModel:
             "max_tokens": self.max_tokens,
             "truncates": self.task in TRUNCATING_TASKS,
             "mask_token": self.mask_token,
+            "emulated": self.emulated.describe() if self.emulated else None,
         }
 
     def check_input(self, text: str) -> None:
@@ -188,7 +192,15 @@ def load_model(model: str | None = None, task: str | None = None, device: str = 
         os.environ["HF_HUB_OFFLINE"] = "1"  # nothing in this process may reach the hub
     folder, name, revision = locate_model(model, online)
     task = task or infer_task(folder)
-    device = resolve_device(device)
+    profile = None
+    if is_emulated(device):  # the pipeline runs here, on the CPU; only its forward pass waits
+        try:
+            profile = Profile.load(device.removeprefix(PREFIX))
+        except ProfileError as exc:
+            raise ModelLoadError(str(exc)) from None
+        real_device = "cpu"
+    else:
+        real_device = device = resolve_device(device)
     try:
         from transformers import pipeline
 
@@ -197,7 +209,9 @@ def load_model(model: str | None = None, task: str | None = None, device: str = 
         kwargs: dict[str, Any] = {}
         if task == "feature-extraction":
             kwargs["pipeline_class"] = SentenceEmbeddingPipeline
-        pipe = pipeline(task, model=str(folder), device=device, **kwargs)
+        pipe = pipeline(task, model=str(folder), device=real_device, **kwargs)
+        if profile:
+            emulate(pipe, task, profile)
     except Exception as exc:
         raise ModelLoadError(f"could not load {name} for {task}: {_first_line(exc)}") from None
     max_tokens = _max_tokens(folder, pipe)
@@ -207,7 +221,7 @@ def load_model(model: str | None = None, task: str | None = None, device: str = 
     elif task == "text-classification":
         call_kwargs = {"truncation": True, "max_length": max_tokens}
     log.info("loaded %s (%s) for %s on %s", name, revision, task, device)
-    return LoadedModel(pipe, name, revision, task, device, max_tokens, call_kwargs)
+    return LoadedModel(pipe, name, revision, task, device, max_tokens, call_kwargs, profile)
 
 
 def _max_tokens(folder: Path, pipe: Any) -> int:

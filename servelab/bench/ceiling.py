@@ -133,7 +133,7 @@ class Ceiling:
 def ceiling_path(results_dir: Path, model: dict, torch_threads: int | None) -> Path:
     """results/ceiling/<model>__<task>__<device>__t<threads>.json; model as a server's /info."""
     slug = re.sub(r"[^A-Za-z0-9._-]+", "_", str(model.get("id", "?"))).strip("_")
-    device = model.get("device", "?")
+    device = re.sub(r"[^A-Za-z0-9._-]+", "_", str(model.get("device", "?")))
     name = f"{slug}__{model.get('task', '?')}__{device}__t{torch_threads}.json"
     return Path(results_dir) / "ceiling" / name
 

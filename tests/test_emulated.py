@@ -1,0 +1,89 @@
+"""The emulated accelerator: a profile's times by shape, and the real pipeline around a forward
+pass that waits, served by a real variant with every caller getting its own answer."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import httpx
+import numpy as np
+import pytest
+
+from servelab import emulated
+from servelab.emulated import Profile, ProfileError
+from servelab.models import ModelLoadError, load_model
+from servelab.process import ServerProcess
+from tests.conftest import BREAKER_OFF
+from tests.test_variants import distinct_inputs, post_all
+
+H200 = "emulated:h200-bert-base"
+
+
+def test_the_h200_profile_keeps_the_launch_floor_and_scales_by_padded_tokens():
+    profile = Profile.load("h200-bert-base")
+    assert profile.sequence_tokens == 18
+    floor = profile.forward_seconds(16, 18)
+    assert floor == pytest.approx(16 / 2659, rel=1e-3)  # the measured batch-16 point
+    assert profile.forward_seconds(1, 18) == floor  # below batch 16: launch-bound, flat
+    assert profile.forward_seconds(4, 40) == floor  # 160 padded tokens: still under the floor
+    assert profile.forward_seconds(64, 18) == pytest.approx(64 / 8591, rel=1e-3)
+    assert profile.forward_seconds(256, 18) == pytest.approx(256 / 11613, rel=1e-3)
+    middle = profile.forward_seconds(160, 18)  # between the 64 and 256 points
+    assert profile.forward_seconds(64, 18) < middle < profile.forward_seconds(256, 18)
+    assert profile.forward_seconds(256, 36) == pytest.approx(2 * profile.forward_seconds(256, 18))
+    assert profile.forward_seconds(64, 36) == pytest.approx(profile.forward_seconds(128, 18))
+
+
+def test_a_profile_can_be_a_path(tmp_path):
+    path = tmp_path / "mine.json"
+    path.write_text(json.dumps({"name": "mine", "sequence_tokens": 10, "points": [
+        {"batch_size": 1, "seconds": 0.001}, {"batch_size": 10, "seconds": 0.002}]}))
+    profile = Profile.load(str(path))
+    assert profile.forward_seconds(1, 10) == 0.001
+    assert profile.forward_seconds(5, 11) == pytest.approx(0.001 + 0.001 * 45 / 90)
+    with pytest.raises(ProfileError, match="h200-bert-base"):  # the error lists the known ones
+        Profile.load("no-such-profile")
+
+
+def test_an_unknown_profile_is_a_clear_load_error():
+    with pytest.raises(ModelLoadError, match="no device profile 'nope'"):
+        load_model(device="emulated:nope")
+
+
+def test_the_pipeline_runs_for_real_and_only_the_forward_pass_waits(monkeypatch):
+    waits = []
+    monkeypatch.setattr(emulated.time, "sleep", waits.append)
+    model = load_model(device=H200)
+    assert model.device == H200
+    assert model.describe()["emulated"]["profile"] == "h200-bert-base"
+    texts = distinct_inputs(8)
+    batch = model.predict(texts)
+    alone = [model.predict([t])[0] for t in texts]
+    assert len(waits) == 1 + len(texts)  # one forward pass per pipeline call
+    _, padded = model.token_counts(texts)
+    assert waits[0] == pytest.approx(Profile.load("h200-bert-base").forward_seconds(8, padded // 8))
+    got, expected = np.array(batch), np.array(alone)
+    assert got.shape == (8, 384)
+    np.testing.assert_allclose(got, expected, atol=1e-5)  # padding changes nothing: pooled with the mask
+    assert len({tuple(np.round(v, 5)) for v in got}) == 8  # every input its own answer
+
+
+def test_fill_mask_answers_depend_on_the_input_on_the_emulated_device(tiny_fill_mask_model):
+    model = load_model(str(tiny_fill_mask_model), device=H200)
+    answers = model.predict(["the [MASK] is red .", "a [MASK] of tea"])
+    assert all({"score", "token", "token_str", "sequence"} <= set(a[0]) for a in answers)
+    assert answers[0][0]["token"] != answers[1][0]["token"]
+
+
+def test_a_variant_serves_on_the_emulated_device_and_each_caller_gets_its_own_answer():
+    bodies = distinct_inputs(120)
+    direct = load_model(device=H200)
+    expected = np.array([direct.predict([text])[0] for text in bodies])
+    with ServerProcess("thread_offloaded", ["--device", H200, *BREAKER_OFF]) as server:
+        info = httpx.get(server.url + "/info").json()
+        replies = asyncio.run(post_all(server.url, bodies))
+    assert info["model"]["device"] == H200
+    assert info["model"]["emulated"]["emulated"] is True
+    assert [r.status_code for r in replies] == [200] * len(bodies)
+    np.testing.assert_allclose(np.array([r.json() for r in replies]), expected, atol=1e-5)
