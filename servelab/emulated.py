@@ -8,10 +8,10 @@ the pipeline. The forward pass becomes time.sleep(t), which releases the GIL as 
 does, for the profile's time at that batch's padded shape, and returns tensors of the right shape
 derived from each input's token ids: every request still gets its own, distinct answer.
 
-A profile (servelab/profiles/NAME.json, or any path) gives the forward time by batch size at one
-padded sequence length. Other shapes are looked up by padded tokens (batch x length): below the
-smallest point the time stays at the launch floor, between points it is interpolated, above the
-last it grows in proportion.
+A profile (servelab/profiles/NAME.json, or any path; `python -m servelab profile` measures
+one) gives the forward time by batch size, at `sequence_tokens` or at each point's own `tokens`.
+Shapes are looked up by padded tokens (batch x length): below the smallest point the time stays
+at the launch floor, between points it is interpolated, above the last it grows in proportion.
 """
 
 from __future__ import annotations
@@ -47,9 +47,12 @@ class Profile:
             raise ProfileError(f"no device profile {spec!r} (known: {known}; or give a .json path)")
         data = json.loads(path.read_text())
         length = int(data["sequence_tokens"])
-        points = sorted((int(p["batch_size"]) * length, float(p["seconds"])) for p in data["points"])
-        if not points:
+        by_tokens: dict[int, list[float]] = {}  # a point may give its own padded length
+        for p in data["points"]:
+            by_tokens.setdefault(int(p["batch_size"]) * int(p.get("tokens", length)), []).append(p["seconds"])
+        if not by_tokens:
             raise ProfileError(f"device profile {path} has no points")
+        points = sorted((tokens, sum(times) / len(times)) for tokens, times in by_tokens.items())
         return cls(data.get("name", path.stem), str(path), data.get("device", "?"), length, tuple(points))
 
     def forward_seconds(self, batch_size: int, length: int) -> float:

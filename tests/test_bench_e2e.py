@@ -98,7 +98,7 @@ def test_sweep_writes_points_and_resumes(tmp_path):
     assert out.read_text() == first
 
 
-@pytest.mark.parametrize("command", ["bench", "ceiling", "sweep"])
+@pytest.mark.parametrize("command", ["bench", "ceiling", "profile", "sweep"])
 def test_cli_help(command):
     done = subprocess.run(
         [sys.executable, "-m", "servelab", command, "--help"],

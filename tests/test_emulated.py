@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from servelab import emulated
+from servelab.costmodel import fit
 from servelab.emulated import Profile, ProfileError
 from servelab.models import ModelLoadError, load_model
 from servelab.process import ServerProcess
@@ -87,3 +88,40 @@ def test_a_variant_serves_on_the_emulated_device_and_each_caller_gets_its_own_an
     assert info["model"]["emulated"]["emulated"] is True
     assert [r.status_code for r in replies] == [200] * len(bodies)
     np.testing.assert_allclose(np.array([r.json() for r in replies]), expected, atol=1e-5)
+
+
+def test_the_cost_model_recovers_a_and_k_and_reports_each_points_error():
+    shapes = [(b, n) for b in (1, 4, 16) for n in (16, 64)]
+    points = [{"batch_size": b, "tokens": n, "seconds": 0.005 + 2e-7 * b * n} for b, n in shapes]
+    model, errors = fit(points)
+    assert model.a == pytest.approx(0.005)
+    assert model.k == pytest.approx(2e-7)
+    assert max(abs(e["relative_error"]) for e in errors) < 1e-9
+    points[0]["seconds"] *= 1.5  # one slow point: its own error shows it
+    _, errors = fit(points)
+    assert errors[0]["relative_error"] < -0.2
+    with pytest.raises(ValueError, match="two or more"):
+        fit(points[:1])
+
+
+def test_a_profile_is_measured_on_a_real_device_and_replays_on_the_emulated_one(tiny_fill_mask_model,
+                                                                              tmp_path):
+    from servelab.bench import profile
+
+    result = profile.measure(str(tiny_fill_mask_model), device="cpu", batch_sizes=(1, 4), lengths=(8, 16),
+                             min_seconds=0.01, progress=lambda *_: None)
+    assert [(p["batch_size"], p["tokens"]) for p in result["points"]] == [(1, 8), (4, 8), (1, 16), (4, 16)]
+    assert all(p["seconds"] > 0 and p["measured"] for p in result["points"])
+    assert {"a_s", "k_s_per_token", "points"} <= set(result["cost_model"])
+    assert {"git", "packages", "machine"} <= set(result)
+    path = tmp_path / "tiny.json"
+    path.write_text(json.dumps(result))
+    replay = Profile.load(str(path))
+    assert replay.forward_seconds(4, 16) == pytest.approx(result["points"][3]["seconds"])
+    with pytest.raises(ValueError, match="real device"):
+        profile.measure(device="emulated:h200-bert-base")
+
+
+def test_the_shipped_cpu_profile_serves_as_an_emulated_device():
+    profile = Profile.load("cpu-2core-minilm")
+    assert profile.forward_seconds(64, 64) > profile.forward_seconds(1, 16) > 0

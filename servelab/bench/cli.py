@@ -1,4 +1,4 @@
-"""The `python -m servelab` command line: bench, ceiling, sweep.
+"""The `python -m servelab` command line: bench, ceiling, profile, sweep.
 
     python -m servelab bench --variant deadline --max-wait-ms 2 --rate 20 --duration 10
     python -m servelab bench --variant deadline --users 8 --duration 10          # closed loop
@@ -243,6 +243,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ceiling.add_argument("--out", type=Path, default=None, help="write here instead (JSON; a CSV beside it)")
 
+    profile = commands.add_parser(
+        "profile",
+        help="the model's forward pass alone, by batch size and length: a device profile",
+        formatter_class=Formatter,
+        description="Time the forward pass only (a CUDA synchronize after each call), fit "
+        "t(b, L) = a + k*b*L, and write a profile that --device emulated:PATH replays.",
+    )
+    profile.add_argument("--model", default=None, help="as the server's --model (default: packaged MiniLM)")
+    profile.add_argument("--task", default=None, help="as the server's --task")
+    profile.add_argument("--device", default="auto", help="cpu, cuda, auto")
+    profile.add_argument("--torch-threads", type=int, default=1, help="torch.set_num_threads")
+    profile.add_argument("--cores", default="auto",
+                         help="cores to pin to: auto (the server's core), none, or a list")
+    profile.add_argument("--batch-sizes", type=_csv_list(int), default=[1, 2, 4, 8, 16, 32, 64],
+                         help="comma-separated batch sizes")
+    profile.add_argument("--lengths", type=_csv_list(int), default=[16, 32, 64],
+                         help="comma-separated padded lengths (tokens)")
+    profile.add_argument("--min-seconds", type=float, default=0.3, help="timed seconds per shape at least")
+    profile.add_argument("--out", type=Path, default=None,
+                         help="the JSON to write (default: results/profiles/<device>-<model>.json)")
+
     sweep = commands.add_parser(
         "sweep",
         help="variants x settings x load, resumable CSV",
@@ -279,7 +300,8 @@ def main(argv: list[str] | None = None) -> int:
     # A plain `kill` should stop the servers too: turn SIGTERM into SystemExit, so finally-blocks run.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
-        return {"bench": cmd_bench, "ceiling": cmd_ceiling, "sweep": cmd_sweep}[args.command](args, extra)
+        commands = {"bench": cmd_bench, "ceiling": cmd_ceiling, "profile": cmd_profile, "sweep": cmd_sweep}
+        return commands[args.command](args, extra)
     except KeyboardInterrupt:
         print("interrupted; servers stopped", file=sys.stderr)
         return 130
@@ -378,6 +400,26 @@ def cmd_ceiling(args, extra: list[str]) -> int:
     path = ceiling.write(result, args.results_dir, args.out)
     print(f"ceiling {result['ceiling_seq_per_s']:.1f} seq/s at batch size {result['best_batch_size']}")
     print(f"ceiling written to {path}")
+    return 0
+
+
+def cmd_profile(args, extra: list[str]) -> int:
+    import json
+
+    from servelab.bench import profile
+    from servelab.bench.machine import parse_cores
+
+    result = profile.measure(args.model, args.task, args.device, batch_sizes=args.batch_sizes,
+                             lengths=args.lengths, min_seconds=args.min_seconds,
+                             torch_threads=args.torch_threads, cores=parse_cores(args.cores, "server"))
+    out = args.out or RESULTS / "profiles" / f"{result['name']}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    cost = result["cost_model"]
+    worst = max(abs(p["relative_error"]) for p in cost["points"])
+    print(f"t(b, L) = {cost['a_s'] * 1000:.3f} ms + {cost['k_s_per_token'] * 1e6:.3f} us x b x L "
+          f"(worst point off by {worst:.0%})")
+    print(f"profile written to {out}; serve with --device emulated:{out}")
     return 0
 
 
