@@ -26,7 +26,7 @@ import subprocess
 import sys
 import tempfile
 
-from servelab.bench.machine import parse_cores
+from servelab.bench.machine import cores_arg, parse_cores
 from servelab.bench.neighbour import BusyNeighbour
 from servelab.paths import REPO
 from servelab.process import ServerError, pinning, server_env
@@ -45,7 +45,7 @@ class QuickCeiling:
                      "--device", device,
                      "--torch-threads", str(torch_threads), "--seconds", str(seconds), "--seed", str(seed),
                      "--batch-sizes", ",".join(map(str, self.batch_sizes)),
-                     "--cores", _cores_arg(cores), "--loadgen-cores", _cores_arg(loadgen_cores)]
+                     "--cores", cores_arg(cores), "--loadgen-cores", cores_arg(loadgen_cores)]
         self.argv += ["--model", model] if model else []
         self.argv += ["--task", task] if task else []
         self.cores = cores
@@ -92,10 +92,6 @@ class QuickCeiling:
             self.log.seek(0)
             raise ServerError(f"the quick-ceiling helper failed:\n{self.log.read()[-3000:]}")
         return line
-
-
-def _cores_arg(cores: list[int] | None) -> str:
-    return ",".join(map(str, cores)) if cores else "none"
 
 
 def main() -> None:

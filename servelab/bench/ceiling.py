@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from servelab.bench import corpus
-from servelab.bench.machine import git_state, machine, parse_cores
+from servelab.bench.machine import cores_arg, git_state, machine, parse_cores
 from servelab.bench.neighbour import BusyNeighbour
 from servelab.paths import REPO, RESULTS
 from servelab.process import pinning, server_env
@@ -277,8 +277,8 @@ def measure_in_subprocess(
         sys.executable, "-m", "servelab", "ceiling",
         "--device", device,
         "--torch-threads", str(torch_threads),
-        "--cores", ",".join(map(str, cores)) if cores else "none",
-        "--loadgen-cores", ",".join(map(str, loadgen_cores)) if loadgen_cores else "none",
+        "--cores", cores_arg(cores),
+        "--loadgen-cores", cores_arg(loadgen_cores),
         "--loadgen-duty", str(loadgen_duty),
         "--results-dir", str(results_dir),
         "--batch-sizes", ",".join(map(str, batch_sizes)),

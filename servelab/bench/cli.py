@@ -19,6 +19,7 @@ from pathlib import Path
 
 from servelab.bench.ceiling import DEFAULT_BATCH_SIZES, DEFAULT_LOADGEN_DUTY
 from servelab.bench.loadgen import LOAD_OPTIONS
+from servelab.bench.profile import DEFAULT_LENGTHS as PROFILE_LENGTHS
 from servelab.bench.setup import Setup
 from servelab.paths import RESULTS
 
@@ -116,6 +117,18 @@ def setup_from(args) -> Setup:
     )
 
 
+def add_offline_model_options(parser: argparse.ArgumentParser, device_help: str) -> None:
+    """The model, and where it runs, for the commands that time it in this process (ceiling,
+    profile): as a server would load it, pinned to the server's core."""
+    parser.add_argument("--model", default=None, help="as the server's --model (default: packaged MiniLM)")
+    parser.add_argument("--task", default=None, help="as the server's --task")
+    parser.add_argument("--device", default="auto", help=device_help)
+    parser.add_argument("--torch-threads", type=int, default=1, help="torch.set_num_threads")
+    parser.add_argument(
+        "--cores", default="auto", help="cores to pin to: auto (the server's core), none, or a list"
+    )
+
+
 def add_server_options(parser: argparse.ArgumentParser, as_lists: bool = False) -> None:
     group = parser.add_argument_group("server flags (default: the server's own)")
     for name, (kind, help_text) in SERVER_FLAGS.items():
@@ -208,13 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Time the bare pipeline (no HTTP) by batch size on the server's "
         "core and threads; the best is the ceiling a server can approach.",
     )
-    ceiling.add_argument("--model", default=None, help="as the server's --model (default: packaged MiniLM)")
-    ceiling.add_argument("--task", default=None, help="as the server's --task")
-    ceiling.add_argument("--device", default="auto", help="as the server's --device")
-    ceiling.add_argument("--torch-threads", type=int, default=1, help="torch.set_num_threads")
-    ceiling.add_argument(
-        "--cores", default="auto", help="cores to pin to: auto (the server's core), none, or a list"
-    )
+    add_offline_model_options(ceiling, device_help="as the server's --device")
     ceiling.add_argument(
         "--loadgen-cores",
         default="auto",
@@ -250,15 +257,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Time the forward pass only (a CUDA synchronize after each call), fit "
         "t(b, L) = a + k*b*L, and write a profile that --device emulated:PATH replays.",
     )
-    profile.add_argument("--model", default=None, help="as the server's --model (default: packaged MiniLM)")
-    profile.add_argument("--task", default=None, help="as the server's --task")
-    profile.add_argument("--device", default="auto", help="cpu, cuda, auto")
-    profile.add_argument("--torch-threads", type=int, default=1, help="torch.set_num_threads")
-    profile.add_argument("--cores", default="auto",
-                         help="cores to pin to: auto (the server's core), none, or a list")
-    profile.add_argument("--batch-sizes", type=_csv_list(int), default=[1, 2, 4, 8, 16, 32, 64],
+    add_offline_model_options(profile, device_help="a real device: cpu, cuda, auto")
+    profile.add_argument("--batch-sizes", type=_csv_list(int), default=list(DEFAULT_BATCH_SIZES),
                          help="comma-separated batch sizes")
-    profile.add_argument("--lengths", type=_csv_list(int), default=[16, 32, 64],
+    profile.add_argument("--lengths", type=_csv_list(int), default=list(PROFILE_LENGTHS),
                          help="comma-separated padded lengths (tokens)")
     profile.add_argument("--min-seconds", type=float, default=0.3, help="timed seconds per shape at least")
     profile.add_argument("--out", type=Path, default=None,

@@ -10,6 +10,14 @@ import threading
 import time
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU time a process has used so far, user + system, all its threads."""
+    import psutil
+
+    times = psutil.Process(pid).cpu_times()
+    return times.user + times.system
+
+
 class CpuWatch:
     """Samples a process's CPU time (user + system, its threads included) every period_s, on the
     wall clock (time.time(), the clock of the request log), until stopped or the process ends."""
@@ -32,10 +40,8 @@ class CpuWatch:
         import psutil
 
         try:
-            process = psutil.Process(self.pid)
             while not self._stop.is_set():
-                times = process.cpu_times()
-                self.samples.append((time.time(), times.user + times.system))
+                self.samples.append((time.time(), cpu_seconds(self.pid)))
                 self._stop.wait(self.period_s)
         except psutil.Error:  # the process ended: the samples so far are all there is
             pass

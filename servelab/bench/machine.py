@@ -79,6 +79,11 @@ def available_cores() -> list[int]:
     return list(range(os.cpu_count() or 1))
 
 
+def cores_arg(cores: list[int] | None) -> str:
+    """The command-line form of a core list, as parse_cores reads it back: [0, 1] -> "0,1"."""
+    return ",".join(map(str, cores)) if cores else "none"
+
+
 def parse_cores(spec: str | list[int] | None, role: str) -> list[int] | None:
     """Cores for one process: "auto", "none", "0", "0,1", "2-3" or a list; None = not pinned.
 

@@ -21,6 +21,7 @@ import subprocess
 import sys
 import time
 
+from servelab.bench.cpuwatch import cpu_seconds
 from servelab.paths import REPO
 
 PERIOD_S = 0.01  # short against a batch (15-200 ms on a CPU), so every batch sees the same mix
@@ -67,22 +68,15 @@ class BusyNeighbour:
             )
             time.sleep(0.2)  # past the interpreter's start-up, so that only the spin is timed
             self._started = time.perf_counter()
-            self._cpu_at_start = _cpu_seconds(self.process.pid)
+            self._cpu_at_start = cpu_seconds(self.process.pid)
         return self
 
     def __exit__(self, *exc) -> None:
         if self.process is None:
             return
-        used = _cpu_seconds(self.process.pid) - self._cpu_at_start
+        used = cpu_seconds(self.process.pid) - self._cpu_at_start
         self.measured_duty = used / max(1e-9, time.perf_counter() - self._started)
         self.process.kill()
         self.process.wait()
         self.process = None
-
-
-def _cpu_seconds(pid: int) -> float:
-    import psutil
-
-    times = psutil.Process(pid).cpu_times()
-    return times.user + times.system
 

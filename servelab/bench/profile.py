@@ -17,11 +17,11 @@ import time
 from datetime import UTC, datetime
 
 from servelab.bench import corpus
+from servelab.bench.ceiling import DEFAULT_BATCH_SIZES  # the same sizes as the ceiling
 from servelab.bench.machine import git_state, machine
 from servelab.costmodel import fit
 from servelab.versions import versions
 
-DEFAULT_BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64)
 DEFAULT_LENGTHS = (16, 32, 64)
 
 

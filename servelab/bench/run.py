@@ -253,6 +253,8 @@ class Bench:
         }
         (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
         summary = self.summarize(load, rows, before, after, bracket, loadgen_share)
+        if loadgen_share and summary.get("sent_rate"):  # the next load's first guess
+            self.loadgen_cpu_per_request = loadgen_share / summary["sent_rate"]
         (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         return summary
 
@@ -280,8 +282,6 @@ class Bench:
         except Exception as exc:  # a server without our metrics still gets a summary
             summary["metrics_error"] = str(exc)
         summary["loadgen_cpu_share"] = loadgen_share
-        if loadgen_share and summary.get("sent_rate"):
-            self.loadgen_cpu_per_request = loadgen_share / summary["sent_rate"]
         ceiling = self.ceiling
         if bracket:
             ceiling = ceiling.with_bracket(bracket) if ceiling else Ceiling.from_bracket(bracket)
