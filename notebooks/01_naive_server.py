@@ -30,6 +30,7 @@ import os
 from pathlib import Path
 
 QUICK = os.environ.get("SERVELAB_QUICK", "1") == "1"  # quick: a smoke run of a few seconds per step
+DEVICE = os.environ.get("SERVELAB_DEVICE", "auto")  # cpu, cuda, or emulated:h200-bert-base (an emulated accelerator, see servelab/emulated.py)
 RESULTS = Path(os.environ.get("SERVELAB_RESULTS", "../results/notebooks"))
 
 # %%
@@ -43,7 +44,7 @@ from servelab.process import ServerProcess
 N_COPIES = 3  # separate processes, each with its own model copy
 N_CLIENTS = 16 if QUICK else 64  # concurrent requests the one-copy server answers meanwhile
 OUT = nb.setup(RESULTS, "01_naive_server")
-print(f"quick={QUICK}; results in {OUT}")
+print(f"quick={QUICK}, device={DEVICE}; results in {OUT}")
 
 # %% [markdown]
 # ## Start it and query it as the guide does
@@ -56,7 +57,8 @@ print(f"quick={QUICK}; results in {OUT}")
 # %%
 tiny = nb.tiny_fill_mask_model(RESULTS / "models" / "tiny-bert")
 
-with ServerProcess("naive", {"model": tiny, "task": "fill-mask"}, log=OUT / "naive_fill_mask.log") as server:
+with ServerProcess("naive", {"model": tiny, "task": "fill-mask", "device": DEVICE},
+                   log=OUT / "naive_fill_mask.log") as server:
     # curl -X POST -d "test [MASK]" http://127.0.0.1:PORT/
     answer = httpx.post(server.url + "/", content=b"test [MASK]")
     print(f"POST 'test [MASK]' -> {answer.status_code}")
@@ -133,8 +135,9 @@ assert fill_mask_statuses == [200, 400, 200]
 # to the real total; **USS** is memory only that process holds: what one more copy costs.
 
 # %%
-one = ServerProcess("naive", log=OUT / "naive_one.log", torch_threads=1)
-copies = [ServerProcess("naive", log=OUT / f"naive_copy{i}.log", torch_threads=1) for i in range(N_COPIES)]
+one = ServerProcess("naive", {"device": DEVICE}, log=OUT / "naive_one.log", torch_threads=1)
+copies = [ServerProcess("naive", {"device": DEVICE}, log=OUT / f"naive_copy{i}.log", torch_threads=1)
+          for i in range(N_COPIES)]
 memory_rows = []
 
 with nb.running(one):
@@ -142,6 +145,7 @@ with nb.running(one):
     assert all(a["status"] == 200 for a in answers), answers
     memory_rows.append({"setup": f"1 process, after {N_CLIENTS} concurrent requests", "processes": 1,
                         **nb.memory_mb(one.process.pid)})
+    MEASURED_ON = one.info["model"]["device"]  # what DEVICE "auto" became, for the figure
 
 with nb.running(*copies):
     per_copy = []
@@ -160,7 +164,7 @@ for row in memory_rows:
 # %%
 fig, ax = plt.subplots(figsize=(8, 4))
 nb.plot_memory(ax, memory_rows, weights_mb)
-ax.set_title("Memory of one model-owning process vs one model copy per process")
+ax.set_title(f"Memory of one model-owning process vs one model copy per process, on {MEASURED_ON}")
 nb.save(fig, OUT, "memory")
 plt.show()
 

@@ -34,6 +34,7 @@ import os
 from pathlib import Path
 
 QUICK = os.environ.get("SERVELAB_QUICK", "1") == "1"  # quick: a smoke run of a few seconds per step
+DEVICE = os.environ.get("SERVELAB_DEVICE", "auto")  # cpu, cuda, or emulated:h200-bert-base (an emulated accelerator, see servelab/emulated.py)
 RESULTS = Path(os.environ.get("SERVELAB_RESULTS", "../results/notebooks"))
 REUSE_SWEEPS = False  # True: keep the points already measured in this results folder
 
@@ -54,7 +55,7 @@ GRIDS = [{"max_wait_ms": [MAX_WAIT_MS], "max_batch_size": [1]}] + (
     else [{"max_wait_ms": [2, 20], "max_batch_size": [8, 64]}]
 )
 SWEEP_RATES = ["0.3x", "1.5x"] if QUICK else ["0.25x", "0.5x", "0.75x", "1x", "1.5x"]
-print(f"quick={QUICK}; results in {OUT}")
+print(f"quick={QUICK}, device={DEVICE}; results in {OUT}")
 
 # %% [markdown]
 # ## The ceiling: what batching can give at most on this machine
@@ -63,15 +64,16 @@ print(f"quick={QUICK}; results in {OUT}")
 # The same model on the same core, called directly with batches of growing size:
 
 # %%
-ceiling = nb.ceiling(RESULTS, QUICK)
+ceiling = nb.ceiling(RESULTS, QUICK, device=DEVICE)
 CEILING = ceiling["ceiling_seq_per_s"]
+MEASURED_ON = ceiling["model"]["device"]  # what DEVICE "auto" became, for the figures
 # Every load below is judged against quick ceilings timed just before and after it (the bracket).
 SETUP = Setup(ceiling=nb.reference(ceiling), results_dir=RESULTS, bracket_seconds=0.5 if QUICK else 2.0)
 nb.write_csv(OUT / "ceiling_by_batch.csv", ceiling["by_batch_size"])
 
 fig, ax = plt.subplots(figsize=(7, 3.5))
 nb.plot_ceiling_by_batch(ax, ceiling)
-ax.set_title(f"Offline pipeline, {ceiling['model']['id']}, 1 core, 1 torch thread")
+ax.set_title(f"Offline pipeline, {ceiling['model']['id']} on {MEASURED_ON}, 1 core, 1 torch thread")
 nb.save(fig, OUT, "ceiling_by_batch")
 plt.show()
 batch1 = ceiling["by_batch_size"][0]["seq_per_s"]
@@ -104,7 +106,8 @@ trickle_batches, load_batches, summaries = {}, {}, {}
 for variant, args in VARIANTS.items():
     trace = OUT / f"trace_{variant}.jsonl"
     trace.unlink(missing_ok=True)
-    with Bench(variant, {**args, "trace": trace}, SETUP, log_dir=OUT / variant, progress=None) as bench:
+    with Bench(variant, {**args, "trace": trace, "device": DEVICE}, SETUP, log_dir=OUT / variant,
+               progress=None) as bench:
         trickles = []
         for _ in range(TRICKLE["times"]):
             nb.clear(trace)  # drop the warm-up's (and the previous trickle's) batches
@@ -134,7 +137,8 @@ timeline = [(v, t[-1], t[-1][0]["requests"][0]["arrived"], nb.COLORS[v]) for v, 
 span_s = max(max(b["compute_end"] for b in batches) - t0 for _, batches, t0, _ in timeline)
 nb.plot_timelines(ax, timeline, span_s * 1.05)
 ax.set_xlabel("time since the trickle's first request arrived (ms)")
-ax.set_title(f"{TRICKLE['requests']} requests, one every {TRICKLE['gap_ms']} ms; --max-wait-ms {MAX_WAIT_MS}")
+ax.set_title(f"{TRICKLE['requests']} requests, one every {TRICKLE['gap_ms']} ms; "
+             f"--max-wait-ms {MAX_WAIT_MS}; on {MEASURED_ON}")
 nb.timeline_legend(ax)
 nb.save(fig, OUT, "trickle_timeline")
 plt.show()
@@ -163,7 +167,7 @@ nb.write_csv(OUT / "load_batch_sizes.csv",
 
 fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 3.8), gridspec_kw={"width_ratios": [1, 1.6]})
 nb.plot_batch_sizes(ax1, sizes)
-ax1.set_title(f"Batch sizes at {CEILING:.0f} req/s offered")
+ax1.set_title(f"Batch sizes at {CEILING:.0f} req/s offered, on {MEASURED_ON}")
 window_s = 1.0
 timeline = []
 for v, batches in load_batches.items():
@@ -192,13 +196,13 @@ for v, s in summaries.items():
 points_csv = nb.fresh(OUT / "tradeoff.csv", REUSE_SWEEPS)
 for grid in GRIDS:
     sweep(["capped_batch"], grid, SWEEP_RATES, SETUP, duration_s=SWEEP_DURATION_S, out=points_csv,
-          progress_bar=False, progress=None)
+          server_args={"device": DEVICE}, progress_bar=False, progress=None)
 points = nb.read_csv(points_csv)
 assert not [p for p in points if p.get("failed")], [p["failed"] for p in points if p.get("failed")]
 
 fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
 nb.plot_tradeoff(axes, points, CEILING)
-fig.suptitle("capped_batch: throughput and latency vs offered load (open loop, Poisson)")
+fig.suptitle(f"capped_batch on {MEASURED_ON}: throughput and latency vs offered load (open loop, Poisson)")
 fig.tight_layout()
 nb.save(fig, OUT, "tradeoff")
 plt.show()

@@ -37,6 +37,7 @@ import os
 from pathlib import Path
 
 QUICK = os.environ.get("SERVELAB_QUICK", "1") == "1"  # quick: a smoke run of a few seconds per step
+DEVICE = os.environ.get("SERVELAB_DEVICE", "auto")  # cpu, cuda, or emulated:h200-bert-base (an emulated accelerator, see servelab/emulated.py)
 RESULTS = Path(os.environ.get("SERVELAB_RESULTS", "../results/notebooks"))
 
 # %%
@@ -53,7 +54,7 @@ BAD_REQUEST_AT_S = 0.3  # the empty body goes out this long after the burst
 PROBE_PERIOD_S = 0.02
 BATCHING = {"max_batch_size": 64, "max_wait_ms": 100}  # a whole burst becomes one batch
 VARIANTS = {"naive": {}, "capped_batch": BATCHING, "thread_offloaded": BATCHING}
-print(f"quick={QUICK}; results in {OUT}")
+print(f"quick={QUICK}, device={DEVICE}; results in {OUT}")
 
 # %%
 samples, summary, traces = [], [], {}
@@ -61,8 +62,9 @@ samples, summary, traces = [], [], {}
 for variant, args in VARIANTS.items():
     trace = OUT / f"trace_{variant}.jsonl"
     trace.unlink(missing_ok=True)
-    with ServerProcess(variant, {**args, "trace": trace}, log=OUT / f"{variant}.log", cores=[0],
-                       torch_threads=1) as server:
+    with ServerProcess(variant, {**args, "trace": trace, "device": DEVICE}, log=OUT / f"{variant}.log",
+                       cores=[0], torch_threads=1) as server:
+        MEASURED_ON = server.info["model"]["device"]  # what DEVICE "auto" became, for the figures
         for burst in BURSTS:
             bodies = nb.long_inputs(burst, WORDS, seed=burst)
             nb.send_schedule(server.url, bodies, [0.0] * burst)  # warm-up: a new shape is slow once
@@ -119,7 +121,7 @@ plt.show()
 # %%
 fig, ax = plt.subplots(figsize=(7, 4.5))
 nb.plot_blocking(ax, summary)
-ax.set_title("What waits while the model computes a burst")
+ax.set_title(f"What waits while the model computes a burst, on {MEASURED_ON}")
 nb.save(fig, OUT, "blocked_vs_compute")
 plt.show()
 

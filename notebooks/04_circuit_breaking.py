@@ -35,6 +35,7 @@ import os
 from pathlib import Path
 
 QUICK = os.environ.get("SERVELAB_QUICK", "1") == "1"  # quick: a smoke run of a few seconds per step
+DEVICE = os.environ.get("SERVELAB_DEVICE", "auto")  # cpu, cuda, or emulated:h200-bert-base (an emulated accelerator, see servelab/emulated.py)
 RESULTS = Path(os.environ.get("SERVELAB_RESULTS", "../results/notebooks"))
 REUSE_SWEEPS = False  # True: keep the points already measured in this results folder
 
@@ -54,11 +55,12 @@ OVERLOAD = "2x"  # the curves' open-loop rate, as a multiple of the ceiling
 CURVE_DURATION_S = 2 if QUICK else 8
 QUEUE_LIMITS = [16, OFF] if QUICK else [4, 16, 64, 256, OFF]
 QUEUE_TIMEOUTS_MS = [500, OFF] if QUICK else [100, 300, 1000, 3000, OFF]
-print(f"quick={QUICK}; results in {OUT}")
+print(f"quick={QUICK}, device={DEVICE}; results in {OUT}")
 
 # %%
-ceiling = nb.ceiling(RESULTS, QUICK)
+ceiling = nb.ceiling(RESULTS, QUICK, device=DEVICE)
 CEILING = ceiling["ceiling_seq_per_s"]
+MEASURED_ON = ceiling["model"]["device"]  # what DEVICE "auto" became, for the figures
 SETUP = Setup(slo_ms=SLO_MS, ceiling=nb.reference(ceiling), results_dir=RESULTS,
               bracket_seconds=0.5 if QUICK else 2.0)
 
@@ -73,7 +75,8 @@ SETUP = Setup(slo_ms=SLO_MS, ceiling=nb.reference(ceiling), results_dir=RESULTS,
 spike = Load.spike(capacity_rate=CEILING, **SPIKE)
 runs = {}
 for name, args in {"breaker": BREAKER, "no breaker": NO_BREAKER}.items():
-    result = run("thread_offloaded", args, spike, SETUP, tag=name.replace(" ", "_"), progress=None)
+    result = run("thread_offloaded", {**args, "device": DEVICE}, spike, SETUP, tag=name.replace(" ", "_"),
+                 progress=None)
     runs[name] = result
     s = result.summary
     settings = result.manifest["server"]["info"]["settings"]
@@ -91,7 +94,7 @@ window = (SPIKE["spike_before_s"], SPIKE["spike_before_s"] + SPIKE["spike_s"])
 nb.plot_over_time(axes, timelines, SLO_MS, spike=window)
 axes[0].axhline(CEILING, color="red", ls="--", lw=1, label=f"offline ceiling {CEILING:.0f}/s")
 axes[0].legend(fontsize=7)
-fig.suptitle(f"thread_offloaded under a {SPIKE['factor']}x spike (shaded), "
+fig.suptitle(f"thread_offloaded on {MEASURED_ON} under a {SPIKE['factor']}x spike (shaded), "
              "by the second each request was due")
 fig.tight_layout()
 nb.save(fig, OUT, "spike_over_time")
@@ -125,7 +128,8 @@ for name, rows in timelines.items():
 
 # %%
 points_csv = nb.fresh(OUT / "breaker_curves.csv", REUSE_SWEEPS)
-common = {"duration_s": CURVE_DURATION_S, "out": points_csv, "progress_bar": False, "progress": None}
+common = {"duration_s": CURVE_DURATION_S, "out": points_csv, "server_args": {"device": DEVICE},
+          "progress_bar": False, "progress": None}
 sweep(["thread_offloaded"], {"max_queue": QUEUE_LIMITS, "queue_timeout_ms": [OFF]}, [OVERLOAD], SETUP, **common)
 sweep(["thread_offloaded"], {"max_queue": [OFF], "queue_timeout_ms": QUEUE_TIMEOUTS_MS}, [OVERLOAD], SETUP,
       **common)
@@ -142,7 +146,7 @@ offered = points[0]["offered_rate"]
 for ax in axes[:, 0]:
     ax.axhline(CEILING, color="red", ls="--", lw=1, label=f"offline ceiling {CEILING:.0f}/s")
     ax.legend(fontsize=7)
-fig.suptitle(f"thread_offloaded at {offered:.0f} req/s offered ({OVERLOAD} the ceiling), "
+fig.suptitle(f"thread_offloaded on {MEASURED_ON} at {offered:.0f} req/s offered ({OVERLOAD} the ceiling), "
              f"{CURVE_DURATION_S} s each; goodput = 200 within {SLO_MS} ms")
 fig.tight_layout()
 nb.save(fig, OUT, "breaker_curves")

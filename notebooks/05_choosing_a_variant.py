@@ -35,6 +35,7 @@ import os
 from pathlib import Path
 
 QUICK = os.environ.get("SERVELAB_QUICK", "1") == "1"  # quick: a smoke run of a few seconds per step
+DEVICE = os.environ.get("SERVELAB_DEVICE", "auto")  # cpu, cuda, or emulated:h200-bert-base (an emulated accelerator, see servelab/emulated.py)
 RESULTS = Path(os.environ.get("SERVELAB_RESULTS", "../results/notebooks"))
 REUSE_SWEEPS = False  # True: keep the points already measured in this results folder
 REMEASURE_CEILING = not QUICK  # the ratios below compare with the ceiling: full mode measures it again now
@@ -49,23 +50,25 @@ OUT = nb.setup(RESULTS, "05_choosing_a_variant")
 MODERATE, OVERLOAD = 0.5, 2.0  # offered rates as multiples of the ceiling
 DURATION_S = 2 if QUICK else 10
 SLO_MS = 1500  # goodput counts answers within this (as in notebook 4)
-print(f"quick={QUICK}; results in {OUT}")
+print(f"quick={QUICK}, device={DEVICE}; results in {OUT}")
 
 # %%
-ceiling = nb.ceiling(RESULTS, QUICK, remeasure=REMEASURE_CEILING)
+ceiling = nb.ceiling(RESULTS, QUICK, remeasure=REMEASURE_CEILING, device=DEVICE)
 CEILING = ceiling["ceiling_seq_per_s"]
+MEASURED_ON = ceiling["model"]["device"]  # what DEVICE "auto" became, for the figures
 SETUP = Setup(slo_ms=SLO_MS, ceiling=nb.reference(ceiling), results_dir=RESULTS,
               bracket_seconds=0.5 if QUICK else 2.0)
 
 points_csv = nb.fresh(OUT / "variants.csv", REUSE_SWEEPS)
 sweep(VARIANTS, {}, [f"{MODERATE}x", f"{OVERLOAD}x"], SETUP, duration_s=DURATION_S, out=points_csv,
-      progress_bar=False, progress=None)
+      server_args={"device": DEVICE}, progress_bar=False, progress=None)
 points = nb.read_csv(points_csv)
 assert not [p for p in points if p.get("failed")], [p["failed"] for p in points if p.get("failed")]
 
 fig, axes = plt.subplots(1, 2, figsize=(14, 4.5))
 nb.plot_variants(axes, points, MODERATE * CEILING, OVERLOAD * CEILING, CEILING)
-fig.suptitle(f"Five variants, their own defaults, open-loop Poisson, {DURATION_S} s per point")
+fig.suptitle(f"Five variants on {MEASURED_ON}, their own defaults, open-loop Poisson, "
+             f"{DURATION_S} s per point")
 fig.tight_layout()
 nb.save(fig, OUT, "variants")
 plt.show()

@@ -3,6 +3,7 @@
     python notebooks/run_all.py                                            # quick mode, all five
     python notebooks/run_all.py --full --out results/reference/cpu-2core   # the reference figures
     python notebooks/run_all.py --only 02,04                               # some of them
+    python notebooks/run_all.py --device emulated:h200-bert-base --out DIR # the GPU lessons on a CPU
 
 Each notebook's data (CSVs, PNGs, run folders) goes under OUT, and its executed copy (with
 outputs) is written to OUT/NAME.ipynb; the notebooks in notebooks/ stay without outputs.
@@ -30,6 +31,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=REPO / "results" / "notebooks",
                         help="results and executed copies (default: results/notebooks, where the "
                         "notebooks write when opened in JupyterLab)")
+    parser.add_argument("--device", default="auto",
+                        help="SERVELAB_DEVICE, every server's and ceiling's --device: auto, cpu, cuda, or "
+                        "emulated:PROFILE (emulated:h200-bert-base: an H200's timing replayed on this CPU); "
+                        "give each device its own --out, or its figures replace the others'")
     parser.add_argument("--only", default="", help="comma-separated notebook numbers, e.g. 01,03")
     parser.add_argument("--timeout", type=int, default=1800, help="seconds per cell at most")
     args = parser.parse_args(argv)
@@ -40,10 +45,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"no notebook matches --only {args.only!r}")
     times = []
     for path in chosen:
-        print(f"{path.name}: running ({'full' if args.full else 'quick'} mode) ...", flush=True)
+        print(f"{path.name}: running ({'full' if args.full else 'quick'} mode, device {args.device}) ...",
+              flush=True)
         started = time.perf_counter()
         try:
-            nb.execute(path, out / path.name, quick=not args.full, results=out, timeout_s=args.timeout)
+            nb.execute(path, out / path.name, quick=not args.full, results=out, device=args.device,
+                       timeout_s=args.timeout)
         except Exception as exc:
             print(f"{path.name}: FAILED after {time.perf_counter() - started:.0f} s; the executed copy "
                   f"with the error is {out / path.name}\n{exc}", file=sys.stderr)

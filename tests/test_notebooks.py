@@ -6,6 +6,8 @@ The quick runs start real servers and Locust: about 6 minutes for all five on 2 
 
 from __future__ import annotations
 
+import ast
+
 import nbformat
 import pytest
 
@@ -41,8 +43,33 @@ def test_committed_notebook_is_clean_and_matches_its_py_twin(path):
     assert len(parameters) == 1, "one cell tagged 'parameters' (papermill style)"
     assert 'os.environ.get("SERVELAB_QUICK", "1") == "1"' in parameters[0].source
     assert "SERVELAB_RESULTS" in parameters[0].source
+    assert 'os.environ.get("SERVELAB_DEVICE", "auto")' in parameters[0].source
     sources = "".join(c.source for c in code)
     assert "import locust" not in sources, "locust hangs a kernel: run it as a subprocess"
+
+
+# What starts a server or measures a ceiling: each must be given DEVICE.
+STARTERS = {"ServerProcess", "Bench", "run", "sweep", "ceiling", "measure_ceiling"}
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_every_server_and_ceiling_gets_the_notebooks_device(path):
+    source = path.with_suffix(".py").read_text()
+    tree = compile(source, path.name, "exec", ast.PyCF_ONLY_AST | ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
+
+    def names(node):
+        return {n.id for n in ast.walk(node) if isinstance(n, ast.Name)}
+
+    # Keyword arguments gathered in a dict first, as in sweep(..., **common).
+    carry = {target.id for node in ast.walk(tree) if isinstance(node, ast.Assign)
+             and "DEVICE" in names(node.value) for target in node.targets if isinstance(target, ast.Name)}
+    calls = [node for node in ast.walk(tree) if isinstance(node, ast.Call)
+             and getattr(node.func, "id", getattr(node.func, "attr", None)) in STARTERS]
+    assert calls, f"{path.name} starts nothing?"
+    for call in calls:
+        spread = {k.value.id for k in call.keywords if k.arg is None and isinstance(k.value, ast.Name)}
+        assert "DEVICE" in names(call) or spread & carry, (
+            f"{path.name}:{call.lineno}: {ast.unparse(call.func)}(...) without DEVICE")
 
 
 @pytest.fixture(scope="module")

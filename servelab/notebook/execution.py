@@ -15,9 +15,10 @@ def notebooks() -> list[Path]:
     return sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
 
 
-def execute(notebook: Path, out: Path | None, *, quick: bool, results: Path, timeout_s: int = 900):
+def execute(notebook: Path, out: Path | None, *, quick: bool, results: Path, device: str = "auto",
+            timeout_s: int = 900):
     """Run a notebook top to bottom in a fresh kernel of this very interpreter, with
-    SERVELAB_QUICK and SERVELAB_RESULTS set; write the executed copy to `out` if given.
+    SERVELAB_QUICK, SERVELAB_RESULTS and SERVELAB_DEVICE set; write the executed copy to `out` if given.
     Raises nbclient's CellExecutionError on the first failing cell."""
     import nbformat
     from jupyter_client.kernelspec import KernelSpecManager
@@ -33,7 +34,7 @@ def execute(notebook: Path, out: Path | None, *, quick: bool, results: Path, tim
             return KernelSpecManager(kernel_dirs=[])
 
     nb = nbformat.read(notebook, as_version=4)
-    env = dict(os.environ, SERVELAB_QUICK="1" if quick else "0",
+    env = dict(os.environ, SERVELAB_QUICK="1" if quick else "0", SERVELAB_DEVICE=device,
                SERVELAB_RESULTS=str(Path(results).resolve()), JUPYTER_PLATFORM_DIRS="1")
     client = NotebookClient(nb, kernel_name="python3", kernel_manager_class=ThisInterpreter,
                             timeout=timeout_s, resources={"metadata": {"path": str(notebook.parent)}})
