@@ -1,4 +1,4 @@
-"""python -m servelab {bench,ceiling,profile,sweep} ...: see servelab/bench/cli.py, or add --help."""
+"""python -m servelab {bench,ceiling,profile,sweep,simulate} ...: see servelab/bench/cli.py, or add --help."""
 
 import sys
 

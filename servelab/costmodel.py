@@ -9,6 +9,8 @@ CPU k dominates almost at once.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -46,3 +48,83 @@ def fit(points: list[dict]) -> tuple[CostModel, list[dict]]:
         for p in points
     ]
     return model, errors
+
+
+@dataclass(frozen=True)
+class BatchCost:
+    """What one pipeline call on a batch costs a server, in two parts that behave differently:
+
+    host:   the part that holds this CPU (tokenizing, pre- and post-processing, and on a CPU
+            device the forward pass too): a + k*b*L, fitted to the ceiling's timings;
+    device: the forward pass on an (emulated) accelerator, which waits without holding the CPU
+            or the GIL: the profile's time, or nothing when this CPU is the device.
+
+    A thread-offloaded server overlaps the device part with other requests' HTTP work; it can
+    never overlap the host part, which needs the same core.
+    """
+
+    host: CostModel
+    device: Any = None  # a servelab.emulated.Profile, or None when the CPU is the device
+
+    def host_s(self, batch_size: int, length: int) -> float:
+        return self.host.seconds(batch_size, length)
+
+    def device_s(self, batch_size: int, length: int) -> float:
+        return self.device.forward_seconds(batch_size, length) if self.device else 0.0
+
+    def seconds(self, batch_size: int, length: int) -> float:
+        return self.host_s(batch_size, length) + self.device_s(batch_size, length)
+
+    @classmethod
+    def from_ceiling(cls, data: dict) -> BatchCost:
+        """From a ceiling file's contents (python -m servelab ceiling)."""
+        fitted = data.get("cost_model")
+        if not fitted:
+            raise ValueError("this ceiling has no cost model (measured before it recorded padded "
+                             "lengths): measure it again with `python -m servelab ceiling`")
+        return cls(CostModel(fitted["a_s"], fitted["k_s_per_token"]), _profile_of(data["model"]))
+
+
+def batch_cost_fit(rows: list[dict], model: dict) -> dict:
+    """Fit the host part a + k*b*L to a ceiling's rows (batch size, mean padded length, seconds):
+    a row's mean time per batch is a + k*b*mean(L) exactly, as t is linear in L. On an emulated
+    device the profile's wait is taken off each row first, so a and k are this CPU's own work.
+    Returns the fit as a ceiling file stores it, with each row's error."""
+    device = _profile_of(model)
+    points = []
+    for row in rows:
+        b, length = row["batch_size"], row["mean_padded_length"]
+        per_batch = row["seconds"] * b / row["sequences"]
+        wait = device.forward_seconds(b, round(length)) if device else 0.0
+        points.append({"batch_size": b, "tokens": length, "seconds": per_batch - wait, "device_s": wait})
+    host, errors = fit(points)
+    return host.to_dict() | {
+        "device_profile": device.name if device else None,
+        "points": [
+            {"batch_size": p["batch_size"], "mean_padded_length": p["tokens"],
+             "seconds": round(p["seconds"] + p["device_s"], 7),
+             "predicted_s": round(p["predicted_s"] + p["device_s"], 7),
+             "relative_error": round(p["relative_error"] * p["seconds"] / (p["seconds"] + p["device_s"]), 4)}
+            for p in errors
+        ],
+    }
+
+
+def describe_fit(fitted: dict) -> str:
+    """One line a person can read: the fit and its worst point."""
+    worst = max(fitted["points"], key=lambda p: abs(p["relative_error"]))
+    device = f" + the {fitted['device_profile']} profile's wait" if fitted.get("device_profile") else ""
+    a_ms, k_us = fitted["a_s"] * 1000, fitted["k_s_per_token"] * 1e6
+    return (f"t(b, L) = {a_ms:.3f} ms + {k_us:.2f} us x b x L{device}; "
+            f"worst point: batch {worst['batch_size']}, off by {worst['relative_error']:+.0%}")
+
+
+def _profile_of(model: dict):
+    emulated = model.get("emulated")
+    if not emulated:
+        return None
+    from servelab.emulated import Profile
+
+    # By its path where this machine has it; by its name where the file was made elsewhere.
+    path = emulated["profile_path"]
+    return Profile.load(path if Path(path).is_file() else emulated["profile"])

@@ -27,6 +27,7 @@ from pathlib import Path
 from servelab.bench import corpus
 from servelab.bench.machine import cores_arg, git_state, machine, parse_cores
 from servelab.bench.neighbour import BusyNeighbour
+from servelab.costmodel import batch_cost_fit
 from servelab.paths import REPO, RESULTS
 from servelab.process import pinning, server_env
 from servelab.versions import versions
@@ -149,11 +150,15 @@ def find_ceiling(results_dir: Path, model: dict, torch_threads: int | None) -> d
 
 
 def time_batches(predict, texts: list[str], batch_sizes, *, min_seconds: float, rounds: int,
-                 min_batches: int = 3, position: int = 0) -> list[dict]:
+                 min_batches: int = 3, position: int = 0, token_counts=None) -> list[dict]:
     """Sequences per second of predict(batch) for each batch size, timed in interleaved rounds:
     each size is timed in every round, so a machine whose speed drifts during the measurement
-    (shared or throttled CPUs do) biases no size against another."""
+    (shared or throttled CPUs do) biases no size against another.
+
+    With token_counts (LoadedModel.token_counts), each row also gets the batches' mean padded
+    length, counted off the clock: what the cost model t(b, L) is fitted against."""
     totals = {size: [0, 0.0, 0] for size in batch_sizes}  # sequences, seconds, batches
+    padded = dict.fromkeys(batch_sizes, 0)
     for _ in range(rounds):
         for size in batch_sizes:
             total = totals[size]
@@ -164,15 +169,21 @@ def time_batches(predict, texts: list[str], batch_sizes, *, min_seconds: float, 
                 t0 = time.perf_counter()
                 predict(batch)
                 elapsed = time.perf_counter() - t0
+                if token_counts:
+                    padded[size] += token_counts(batch)[1]
                 round_seconds += elapsed
                 total[0] += size
                 total[1] += elapsed
                 total[2] += 1
-    return [
+    rows = [
         {"batch_size": size, "sequences": done, "seconds": round(seconds, 4),
          "seq_per_s": round(done / seconds, 3)}
         for size, (done, seconds, _) in totals.items()
     ]
+    if token_counts:
+        for row in rows:
+            row["mean_padded_length"] = round(padded[row["batch_size"]] / row["sequences"], 2)
+    return rows
 
 
 def load_for_timing(model, task, device, torch_threads: int, seed: int, batch_sizes, progress):
@@ -222,14 +233,17 @@ def measure(
 
     loaded, texts = load_for_timing(model, task, device, torch_threads, seed, batch_sizes, progress)
     with BusyNeighbour(loadgen_cores, loadgen_duty) as neighbour:
-        rows = time_batches(loaded.predict, texts, batch_sizes, min_seconds=min_seconds, rounds=rounds)
+        rows = time_batches(loaded.predict, texts, batch_sizes, min_seconds=min_seconds, rounds=rounds,
+                            token_counts=loaded.token_counts)
     for row in rows:
-        progress(f"batch {row['batch_size']:4d}: {row['seq_per_s']:8.1f} seq/s")
+        progress(f"batch {row['batch_size']:4d}: {row['seq_per_s']:8.1f} seq/s, "
+                 f"padded to {row['mean_padded_length']:.1f} tokens on average")
     best = max(rows, key=lambda r: r["seq_per_s"])
     return {
         "ceiling_seq_per_s": best["seq_per_s"],
         "best_batch_size": best["batch_size"],
         "by_batch_size": rows,
+        "cost_model": batch_cost_fit(rows, loaded.describe()),
         "model": loaded.describe(),
         "torch_threads": torch_threads,
         "torch_threads_actual": torch.get_num_threads(),
@@ -250,7 +264,8 @@ def write(result: dict, results_dir: Path, out: Path | None = None) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=2) + "\n")
     with path.with_suffix(".csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["batch_size", "sequences", "seconds", "seq_per_s"])
+        writer = csv.DictWriter(f, fieldnames=["batch_size", "sequences", "seconds", "seq_per_s",
+                                               "mean_padded_length"], extrasaction="ignore")
         writer.writeheader()
         writer.writerows(result["by_batch_size"])
     return path

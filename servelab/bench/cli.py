@@ -1,4 +1,4 @@
-"""The `python -m servelab` command line: bench, ceiling, profile, sweep.
+"""The `python -m servelab` command line: bench, ceiling, profile, sweep, simulate.
 
     python -m servelab bench --variant deadline --max-wait-ms 2 --rate 20 --duration 10
     python -m servelab bench --variant deadline --users 8 --duration 10          # closed loop
@@ -6,6 +6,7 @@
     python -m servelab bench --variant capped_batch --scenario spike --capacity-rate 60 --spike-factor 3
     python -m servelab ceiling                                                   # offline seq/s by batch size
     python -m servelab sweep --variants naive,deadline --max-wait-ms 1,5 --rates 0.5x,1x,2x
+    python -m servelab simulate --variant capped_batch --rates 0.5x,2x               # see servelab/sim
 
 Server flags not listed here go after `--`: `python -m servelab bench --variant deadline -- --trace t.jsonl`.
 """
@@ -22,6 +23,7 @@ from servelab.bench.loadgen import LOAD_OPTIONS
 from servelab.bench.profile import DEFAULT_LENGTHS as PROFILE_LENGTHS
 from servelab.bench.setup import Setup
 from servelab.paths import RESULTS
+from servelab.sim.cli import add_parser as add_simulate_parser
 
 # Options passed on to the load tests as they are: name, type, default and help come from their
 # table (loadtests/_options.py), so Locust and this command line cannot disagree.
@@ -289,6 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_load_options(sweep)
     add_server_options(sweep, as_lists=True)
     add_machine_options(sweep)
+    add_simulate_parser(commands, Formatter)
     return parser
 
 
@@ -302,7 +305,8 @@ def main(argv: list[str] | None = None) -> int:
     # A plain `kill` should stop the servers too: turn SIGTERM into SystemExit, so finally-blocks run.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
-        commands = {"bench": cmd_bench, "ceiling": cmd_ceiling, "profile": cmd_profile, "sweep": cmd_sweep}
+        commands = {"bench": cmd_bench, "ceiling": cmd_ceiling, "profile": cmd_profile, "sweep": cmd_sweep,
+                    "simulate": cmd_simulate}
         return commands[args.command](args, extra)
     except KeyboardInterrupt:
         print("interrupted; servers stopped", file=sys.stderr)
@@ -386,6 +390,7 @@ def _capacity_from_ceiling(args) -> float:
 def cmd_ceiling(args, extra: list[str]) -> int:
     from servelab.bench import ceiling
     from servelab.bench.machine import parse_cores
+    from servelab.costmodel import describe_fit
 
     result = ceiling.measure(
         model=args.model,
@@ -401,6 +406,7 @@ def cmd_ceiling(args, extra: list[str]) -> int:
     )
     path = ceiling.write(result, args.results_dir, args.out)
     print(f"ceiling {result['ceiling_seq_per_s']:.1f} seq/s at batch size {result['best_batch_size']}")
+    print(f"cost model {describe_fit(result['cost_model'])}")
     print(f"ceiling written to {path}")
     return 0
 
@@ -423,6 +429,12 @@ def cmd_profile(args, extra: list[str]) -> int:
           f"(worst point off by {worst:.0%})")
     print(f"profile written to {out}; serve with --device emulated:{out}")
     return 0
+
+
+def cmd_simulate(args, extra: list[str]) -> int:
+    from servelab.sim.cli import main as simulate
+
+    return simulate(args)
 
 
 def cmd_sweep(args, extra: list[str]) -> int:
