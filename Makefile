@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo lint test test-fast lab bench ceiling clean help
+.PHONY: setup demo lint test test-fast lab bench ceiling sim-check clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -38,6 +38,9 @@ ceiling: $(STAMP)  ## time the offline pipeline by batch size: the most any serv
 
 bench: $(STAMP)  ## one benchmark run; pass ARGS="--variant thread_offloaded --rate 50"
 	$(PY) -m servelab bench $(ARGS)
+
+sim-check: $(STAMP)  ## the simulator against measured runs, on this CPU and the emulated H200 (~15 min)
+	PY=$(PY) bash results/reference/sim-vs-measured/measure.sh
 
 clean:  ## remove the virtualenv and caches (keeps results/)
 	rm -rf $(VENV) .pytest_cache *.egg-info

@@ -1,6 +1,6 @@
 """Execute the walkthrough notebooks top to bottom, each in a fresh kernel of this interpreter.
 
-    python notebooks/run_all.py                                            # quick mode, all five
+    python notebooks/run_all.py                                            # quick mode, all six
     python notebooks/run_all.py --full --out results/reference/cpu-2core   # the reference figures
     python notebooks/run_all.py --only 02,04                               # some of them
     python notebooks/run_all.py --device emulated:h200-bert-base --out DIR # the GPU lessons on a CPU

@@ -159,6 +159,12 @@ class ServerProcess:
     def __exit__(self, *exc) -> None:
         self.stop()
 
+    @property
+    def pid(self) -> int:
+        if self.process is None:
+            raise ServerError(f"server {self.variant} is not running")
+        return self.process.pid
+
     def start(self) -> None:
         env = server_env(self.torch_threads)
         self.log.parent.mkdir(parents=True, exist_ok=True)

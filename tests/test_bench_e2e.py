@@ -58,6 +58,7 @@ def test_run_writes_manifest_requests_and_a_sane_summary(tmp_path):
     assert summary["busy_seq_per_s"] > summary["achieved_rate"]
     assert 0 <= summary["padding_share"] < 0.9
     assert 0 < summary["loadgen_cpu_share"] < 1
+    assert summary["model_busy_fraction"] < summary["server_cpu_share"] < 1.2  # model time is server CPU
     # The ceiling: the given reference, and the bracket timed around this very run.
     ceiling = summary["ceiling"]
     assert ceiling["value"] == 70.0

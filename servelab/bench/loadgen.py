@@ -212,11 +212,16 @@ class LocustRun:
     def cpu_share(self, rows: list[dict]) -> float | None:
         """Locust's CPU seconds per second while the load ran (first send to last answer),
         start-up and drain left out: what the ceiling's stand-in replays."""
-        if not rows:
-            return None
-        start = min(r["actual_send_s"] for r in rows)
-        ends = [r["actual_send_s"] + (r["latency_ms"] or 0) / 1000 for r in rows]
-        return self.cpu.share(start, max(ends))
+        return load_window_share(self.cpu, rows)
+
+
+def load_window_share(cpu: CpuWatch, rows: list[dict]) -> float | None:
+    """A watched process's CPU share from the first send to the last answer of these rows."""
+    if not rows:
+        return None
+    start = min(r["actual_send_s"] for r in rows)
+    ends = [r["actual_send_s"] + (r["latency_ms"] or 0) / 1000 for r in rows]
+    return cpu.share(start, max(ends))
 
 
 def expected_seconds(load: Load) -> float:

@@ -27,7 +27,8 @@ from servelab.bench import ceiling as ceilings
 from servelab.bench import corpus, stats
 from servelab.bench.bracket import QuickCeiling
 from servelab.bench.ceiling import Bracket, Ceiling
-from servelab.bench.loadgen import Load, read_requests, run_locust
+from servelab.bench.cpuwatch import CpuWatch
+from servelab.bench.loadgen import Load, load_window_share, read_requests, run_locust
 from servelab.bench.machine import git_state, machine, parse_cores
 from servelab.bench.setup import Setup
 from servelab.bench.warmup import warm_up
@@ -232,12 +233,16 @@ class Bench:
         started = utc_now()
         before = self.server.metrics_text()
         (out_dir / "metrics_before.txt").write_text(before)
-        locust = run_locust(self.server.url, load, out_dir, seed=self.setup.seed, cores=self.locust_cores)
+        # The server's own CPU share too: where a fast device leaves the model idle, the limit is
+        # the one Python process in front of it (notebook 06).
+        with CpuWatch(self.server.pid) as server_cpu:
+            locust = run_locust(self.server.url, load, out_dir, seed=self.setup.seed, cores=self.locust_cores)
         after = self.server.metrics_text()
         (out_dir / "metrics_after.txt").write_text(after)
         self.server.check_alive()
         rows = read_requests(locust.request_log)
         loadgen_share = locust.cpu_share(rows)
+        server_share = load_window_share(server_cpu, rows)
         self.wait_idle()  # a backlog would share the quick ceiling's core
         after_quick = self._quick_ceiling(loadgen_share)
         bracket = None
@@ -252,7 +257,7 @@ class Bench:
             "quick_ceilings": {"before": before_quick, "after": after_quick},
         }
         (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-        summary = self.summarize(load, rows, before, after, bracket, loadgen_share)
+        summary = self.summarize(load, rows, before, after, bracket, loadgen_share, server_share)
         if loadgen_share and summary.get("sent_rate"):  # the next load's first guess
             self.loadgen_cpu_per_request = loadgen_share / summary["sent_rate"]
         (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -268,7 +273,7 @@ class Bench:
         return self.quick.measure(loadgen_duty=loadgen_share or 0.0)
 
     def summarize(self, load: Load, rows: list[dict], before: str, after: str, bracket: Bracket | None,
-                  loadgen_share: float | None) -> dict:
+                  loadgen_share: float | None, server_share: float | None = None) -> dict:
         summary = {
             "variant": self.variant,
             "scenario": load.scenario,
@@ -282,6 +287,7 @@ class Bench:
         except Exception as exc:  # a server without our metrics still gets a summary
             summary["metrics_error"] = str(exc)
         summary["loadgen_cpu_share"] = loadgen_share
+        summary["server_cpu_share"] = server_share
         ceiling = self.ceiling
         if bracket:
             ceiling = ceiling.with_bracket(bracket) if ceiling else Ceiling.from_bracket(bracket)
@@ -380,6 +386,7 @@ def describe(summary: dict) -> str:
         f"model busy {num(get('model_busy_fraction'), '.0%')} of the time, "
         f"{num(get('busy_seq_per_s'), '.1f')} seq/s "
         f"while busy; padding {num(get('padding_share'), '.0%')} of the tokens computed; "
+        f"server process {num(get('server_cpu_share'), '.0%')} of a core, "
         f"load generator {num(get('loadgen_cpu_share'), '.0%')} of its core",
     ]
     ceiling = get("ceiling") or {}

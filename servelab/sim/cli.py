@@ -42,6 +42,7 @@ def add_parser(commands, formatter) -> None:
     p.add_argument("--seed", type=int, default=0, help="seeds arrivals and inputs")
     p.add_argument("--results-dir", type=Path, default=RESULTS, help="where results/sim goes")
     p.add_argument("--json", action="store_true", help="print the summaries as JSON lines")
+    p.add_argument("--out", type=Path, default=None, help="--replay: also write the comparison as a CSV")
 
 
 def main(args) -> int:
@@ -93,7 +94,7 @@ def _simulate(args, cal) -> int:
         arrivals, lengths = poisson_arrivals(rate, args.duration, args.requests, args.seed,
                                              [length_of(w, tokens) for w in words])
         started = time.perf_counter()
-        outcome = simulate(arrivals, lengths, policy, cal.cost, cal.http_s)
+        outcome = simulate(arrivals, lengths, policy, cal.cost, cal.http)
         simulated_s = time.perf_counter() - started
         summary = summarize(outcome, args.slo_ms) | {"offered_rate": rate, "simulated_in_s": simulated_s}
         if args.json:
@@ -113,8 +114,9 @@ def _replay(args, cal) -> int:
         run_cal = cal or Calibration.find(run.device, args.results_dir)
         simulated = replay(run, run_cal, corpus_token_lengths())
         table = compare(run.summary, simulated)
-        rows.append({"run": run_dir.name, "variant": run.summary["variant"],
-                     "offered_rate": run.summary.get("offered_rate"), "compared": table})
+        rows.append({"run": run_dir.name, "device": run.device, "variant": run.summary["variant"],
+                     "offered_rate": run.summary.get("offered_rate"),
+                     "sent_rate": run.summary.get("sent_rate"), "compared": table})
         if args.json:
             print(json.dumps(rows[-1]))
             continue
@@ -122,7 +124,23 @@ def _replay(args, cal) -> int:
             f"{label} {c['measured'] or 0:8.1f} vs {c['simulated'] or 0:8.1f} ({_signed(c['error'])})"
             for label, c in table.items())
         print(f"{run.summary['variant']:>16} @ {run.summary.get('offered_rate') or 0:7.1f}/s  {cells}")
+    if args.out:
+        _write_comparison(args.out, rows)
+        print(f"comparison written to {args.out}")
     return 0
+
+
+def _write_comparison(path: Path, rows: list[dict]) -> None:
+    import csv
+
+    from servelab.bench.stats import flatten
+
+    flat = [flatten(row) for row in rows]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(flat[0]))
+        writer.writeheader()
+        writer.writerows(flat)
 
 
 def poisson_arrivals(rate: float, duration_s: float, count: int | None, seed: int,
@@ -141,9 +159,10 @@ def poisson_arrivals(rate: float, duration_s: float, count: int | None, seed: in
 
 def _describe_calibration(cal) -> str:
     from servelab.costmodel import describe_fit
+    from servelab.sim.calibration import describe_http
 
     return (f"calibration ({cal.data['device']}): batch {describe_fit(cal.data['ceiling']['cost_model'])}; "
-            f"HTTP path {cal.http_s * 1000:.2f} ms per request")
+            f"server's own work {describe_http(cal.http)}")
 
 
 def _describe(spec: str, s: dict, ceiling: float) -> str:

@@ -3,30 +3,53 @@
 There is one worker and one FIFO queue, so the simulation needs no general event list: the
 worker's clock only moves forward, to the next arrival or to its own deadline, and arrivals that
 come while it computes are admitted (or refused) in order when it finishes. That is exact for a
-single FIFO worker, and it runs about a million requests in a few seconds, several times faster
-than the same model written as SimPy processes (measured in tests/test_sim.py's notes and the
-closing note of issue 9).
+single FIFO worker, and it runs a million requests in about two seconds, several times faster
+than the same worker written as SimPy processes (results/reference/sim-vs-measured/simpy_speed.py
+times both).
 
 Where the time goes, per batch of b requests padded to L tokens (servelab/costmodel.BatchCost):
 - host(b, L): the pipeline's own CPU work; on a CPU device, the forward pass too.
 - device(b, L): the forward pass on an accelerator, a wait that holds neither core nor GIL.
-- http_s per request: the HTTP path (parse, queue, answer, JSON), on the server's one core.
-A request is answered when its batch's pipeline call returns plus its own HTTP time. The worker
-is busy for host + device + b * http_s, except on a thread-offloaded server, where the event loop
-does the HTTP work while the device computes: host + max(device, b * http_s). On a blocking
-server, requests that arrive while the model runs are not even read until it returns.
+- the server's own work outside the pipeline (HttpCost): per batch, per request answered, and
+  per request refused (a 503 or 504 is parsed and answered on the same core).
+The worker is busy for the sum: one core does it all, one piece after the other. A request is
+answered when its batch's pipeline call returns, plus its own HTTP time.
+
+What thread offloading changes is when the server *reads* requests, not how fast it computes:
+on a blocking server, requests that arrive while the model runs are not even read (nor refused,
+nor timed out) until it returns; an offloaded one takes them in as they come, and pays for each
+hand-over to the worker thread and back. One might expect the event loop to do its HTTP work
+during an accelerator's wait, for free. Measured on one core, it barely does
+(results/reference/sim-vs-measured/): the loop rarely has that work ready during the wait, and
+when it has, the worker thread then waits for the GIL (CPython hands it over every 5 ms,
+sys.getswitchinterval()). So the simulator counts no such overlap; the calibration's
+thread_offloaded run measures what offloading costs.
 """
 
 from __future__ import annotations
 
 from collections import Counter, deque
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 from servelab.costmodel import BatchCost
 from servelab.sim.policy import Policy
 
 ANSWERED, REFUSED, TIMED_OUT = 200, 503, 504
+
+
+@dataclass(frozen=True)
+class HttpCost:
+    """The server's own work outside the pipeline call, measured (servelab/sim/calibration.py)."""
+
+    per_request_s: float  # parse, queue, answer, JSON, for each request answered
+    per_batch_s: float = 0.0  # the worker's own turn per batch: collecting, metrics, waking handlers
+    per_refusal_s: float = 0.0  # a 503 or 504: parsed and answered on the same core
+    offload_s: float = 0.0  # thread-offloaded servers: handing each batch to a thread and back
+    idle_extra_s: float = 0.0  # latency only: the client's own time, a cold core's slower start
+
+    def to_dict(self) -> dict:
+        return asdict(self)
 
 
 @dataclass
@@ -40,14 +63,19 @@ class Outcome:
     batch_lengths: list[int] = field(default_factory=list)  # padded length of each batch
     close_reasons: Counter = field(default_factory=Counter)
     compute_s: float = 0.0  # time inside pipeline calls, as a server's /metrics counts it
+    device_s: float = 0.0  # of which the accelerator's own (0 when the CPU is the device)
     real_tokens: int = 0
     end_s: float = 0.0  # the last answer
 
 
 def simulate(arrivals: Sequence[float], lengths: Sequence[int], policy: Policy, cost: BatchCost,
-             http_s: float) -> Outcome:
+             http: HttpCost | float) -> Outcome:
     """Serve requests arriving at `arrivals` (seconds, ascending), request i being lengths[i]
-    tokens long, with `policy`, batch times from `cost` and http_s of HTTP work per request."""
+    tokens long, with `policy`, batch times from `cost` and the server's own work from `http`
+    (a number: seconds per request, nothing per batch)."""
+    if not isinstance(http, HttpCost):
+        http = HttpCost(float(http))
+    http_s, refusal_s = http.per_request_s, http.per_refusal_s
     n = len(arrivals)
     if len(lengths) != n:
         raise ValueError(f"{n} arrivals but {len(lengths)} lengths")
@@ -60,18 +88,21 @@ def simulate(arrivals: Sequence[float], lengths: Sequence[int], policy: Policy, 
     cap = policy.max_batch_size or n
     wait = policy.max_wait_s
     next_arrival = 0  # index of the first request not yet seen by the server
+    refused_work = 0.0  # HTTP seconds spent on 503s and 504s, not yet taken off the worker's time
 
     def expire(now: float) -> None:
         # One timeout for all, so jobs expire in queue order: only the head can be due.
+        nonlocal refused_work
         while queue and admitted_at[queue[0]] + timeout <= now:
             j = queue.popleft()
             status[j] = TIMED_OUT
             latency[j] = admitted_at[j] + timeout - arrivals[j]
+            refused_work += refusal_s
 
     def admit(until: float, seen_at: float | None = None) -> None:
         """Queue or refuse every arrival up to `until`. seen_at: when a blocked event loop
         finally reads them (None: each is read when it arrives)."""
-        nonlocal next_arrival
+        nonlocal next_arrival, refused_work
         while next_arrival < n and arrivals[next_arrival] <= until:
             i = next_arrival
             next_arrival += 1
@@ -80,7 +111,8 @@ def simulate(arrivals: Sequence[float], lengths: Sequence[int], policy: Policy, 
                 expire(now)
             if max_queue is not None and len(queue) >= max_queue:
                 status[i] = REFUSED
-                latency[i] = now - arrivals[i] + http_s
+                latency[i] = now - arrivals[i] + refusal_s
+                refused_work += refusal_s
             else:
                 admitted_at[i] = now
                 queue.append(i)
@@ -92,7 +124,10 @@ def simulate(arrivals: Sequence[float], lengths: Sequence[int], policy: Policy, 
         if not queue:  # idle: the next arrival starts the next batch
             if next_arrival >= n:
                 break
-            now = max(now, arrivals[next_arrival])
+            idle = arrivals[next_arrival] - now
+            if idle > 0:  # the refusals' work was done while the worker waited
+                refused_work = max(0.0, refused_work - idle)
+                now = arrivals[next_arrival]
             admit(now)
             continue
         batch = [queue.popleft()]
@@ -120,7 +155,10 @@ def simulate(arrivals: Sequence[float], lengths: Sequence[int], policy: Policy, 
         b = len(batch)
         length = max(lengths[j] for j in batch)
         host, device = cost.host_s(b, length), cost.device_s(b, length)
-        answered = now + host + device + http_s
+        offload = http.offload_s if policy.offloaded else 0.0
+        # Its own HTTP work and the worker's turn are in every answer's time; so is idle_extra_s,
+        # measured at light load, where it matters (under load, queueing dwarfs it).
+        answered = now + http.per_batch_s + host + device + offload + http_s + http.idle_extra_s
         for j in batch:
             status[j] = ANSWERED
             latency[j] = answered - arrivals[j]
@@ -128,9 +166,11 @@ def simulate(arrivals: Sequence[float], lengths: Sequence[int], policy: Policy, 
         out.batch_lengths.append(length)
         out.close_reasons[reason] += 1
         out.compute_s += host + device
+        out.device_s += device
         out.real_tokens += sum(lengths[j] for j in batch)
         out.end_s = max(out.end_s, answered)
-        http = b * http_s
-        now += host + (max(device, http) if policy.offloaded else device + http)
+        own = http.per_batch_s + b * http_s + refused_work
+        refused_work = 0.0
+        now += host + device + offload + own
         admit(now, seen_at=None if policy.offloaded else now)
     return out

@@ -51,7 +51,7 @@ def replay(run: MeasuredRun, calibration: Calibration, token_lengths: dict[int, 
     intended = [r["intended_send_s"] - start for r in run.rows]
     lengths = [length_of(r["input_words"], token_lengths) for r in run.rows]
     policy = Policy.of_variant(run.summary["variant"], run.summary["settings"])
-    outcome = simulate(arrivals, lengths, policy, calibration.cost, calibration.http_s)
+    outcome = simulate(arrivals, lengths, policy, calibration.cost, calibration.http)
     return summarize(outcome, run.summary["slo_ms"], intended)
 
 

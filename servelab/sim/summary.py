@@ -52,4 +52,6 @@ def summarize(outcome: Outcome, slo_ms: float, intended: Sequence[float] | None 
         "mean_batch_compute_ms": outcome.compute_s / batches * 1000 if batches else None,
         "batches_by_close_reason": dict(sorted(outcome.close_reasons.items())),
     }
-    return summary | stats.where_time_went(summary, summary["span_s"])
+    span = summary["span_s"]
+    device_busy = outcome.device_s / span if span > 0 and outcome.device_s else None
+    return summary | stats.where_time_went(summary, span) | {"device_busy_fraction": device_busy}
