@@ -227,3 +227,39 @@ def test_a_measured_run_is_replayed_with_its_own_arrivals_and_settings(tmp_path)
     assert simulated["requests"] == simulated["ok"] == 100
     assert simulated["latency_ms"]["p50"] == pytest.approx(6.0)  # 5 ms model + 1 ms HTTP
     assert simulated["mean_batch_size"] == 1
+
+
+def write_calibration(folder, device="cpu"):
+    """A calibration file as `simulate --calibrate` writes it, with made-up figures."""
+    from servelab.sim.calibration import calibration_path
+
+    ceiling = {"ceiling_seq_per_s": 80.0, "best_batch_size": 4,
+               "by_batch_size": [{"batch_size": 1, "mean_padded_length": 30}],
+               "cost_model": {"a_s": 0.007, "k_s_per_token": 0.0002, "device_profile": None,
+                              "points": [{"batch_size": 1, "relative_error": 0.01}]},
+               "model": {"device": device, "emulated": None}}
+    path = calibration_path(folder, device)
+    path.parent.mkdir(parents=True)
+    http = HttpCost(0.0003, 0.001).to_dict()
+    path.write_text(json.dumps({"device": device, "http": http, "ceiling": ceiling}))
+    return path
+
+
+def test_the_simulate_command_runs_a_variant_at_rates_given_plainly_or_against_the_ceiling(tmp_path, capsys):
+    from servelab.bench.cli import main
+
+    write_calibration(tmp_path)
+    code = main(["simulate", "--results-dir", str(tmp_path), "--device", "cpu", "--variant",
+                 "capped_batch", "--rates", "10,2x", "--duration", "5", "--json"])
+    assert code == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [round(s["offered_rate"]) for s in lines] == [10, 160]
+    assert lines[0]["achieved_rate"] == pytest.approx(10, rel=0.3)  # all served
+    assert lines[1]["achieved_rate"] < 100  # 2x its ceiling: it saturates
+
+
+def test_the_simulate_command_says_how_to_calibrate_when_it_cannot_find_one(tmp_path, capsys):
+    from servelab.bench.cli import main
+
+    assert main(["simulate", "--results-dir", str(tmp_path), "--device", "cpu"]) == 1
+    assert "simulate --calibrate --device cpu" in capsys.readouterr().err

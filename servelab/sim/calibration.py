@@ -61,7 +61,7 @@ class Calibration:
         if not path.is_file():
             raise FileNotFoundError(
                 f"no calibration for device {device!r} ({path}): make one with "
-                f"`python -m servelab simulate --calibrate --device {device}` (about two minutes)")
+                f"`python -m servelab simulate --calibrate --device {device}` (about three minutes)")
         return cls.load(path)
 
 

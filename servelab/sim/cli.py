@@ -1,6 +1,6 @@
 """`python -m servelab simulate`: the batching policies in simulation, measured runs replayed.
 
-    python -m servelab simulate --calibrate --device cpu          # once per device: ~1 minute
+    python -m servelab simulate --calibrate --device cpu          # once per device: ~3 minutes
     python -m servelab simulate --variant capped_batch --rates 0.25x,0.5x,1x,2x
     python -m servelab simulate --variant thread_offloaded --rates 1000 --device emulated:h200-bert-base
     python -m servelab simulate --replay results/runs/RUN [RUN ...]   # simulated beside measured
@@ -25,7 +25,7 @@ def add_parser(commands, formatter) -> None:
                             description=__doc__, formatter_class=formatter)
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--calibrate", action="store_true",
-                      help="measure the ceiling's cost model and the HTTP time per request on --device")
+                      help="measure the ceiling's cost model and the server's own work on --device")
     mode.add_argument("--replay", nargs="+", type=Path, metavar="RUN",
                       help="bench run folders to simulate with their own arrivals and settings")
     p.add_argument("--variant", default="thread_offloaded", help="whose batching policy and breaker")
