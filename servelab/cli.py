@@ -25,6 +25,8 @@ class Settings:
     online: bool
     torch_threads: int | None
     max_body_bytes: int
+    body_timeout_s: float
+    max_connections: int
     max_queue: int | None
     queue_timeout_ms: float | None
     trace: str | None
@@ -54,7 +56,11 @@ def build_parser(variant: str, doc: str, defaults: dict) -> argparse.ArgumentPar
     add("--torch-threads", type=int, default=None,
         help="torch intra-op threads (default: torch's own choice)")
     add("--max-body-bytes", type=int, default=64 * 1024,
-        help="larger bodies get 413 without being read whole")
+        help="larger bodies get 413 (the rest is read and dropped first, so that the client can read it)")
+    add("--body-timeout-s", type=float, default=10.0,
+        help="a body not received whole within this gets 408: a trickling client cannot hold a request open")
+    add("--max-connections", type=int, default=1000,
+        help="open connections at most; past it uvicorn answers 503 (its limit_concurrency)")
     if "max_wait_ms" in defaults:
         add("--max-wait-ms", type=float, default=defaults["max_wait_ms"], help=defaults["max_wait_ms_help"])
     if "max_batch_size" in defaults:
@@ -90,10 +96,15 @@ def main(variant: str, doc: str, defaults: dict, build_app, argv: list[str] | No
         server.load_model()
     except ModelLoadError as exc:
         sys.exit(f"error: {exc}")
-    config = uvicorn.Config(build_app(server), host=settings.host, port=settings.port,
-                            log_level=settings.log_level, access_log=settings.access_log,
-                            timeout_graceful_shutdown=int(SHUTDOWN_GRACE_S) + 3)
-    DrainingServer(config, server).run()
+    DrainingServer(uvicorn_config(build_app(server), settings), server).run()
+
+
+def uvicorn_config(app, settings: Settings, **overrides) -> uvicorn.Config:
+    """uvicorn's configuration from the flags (the tests' in-thread servers use it too)."""
+    options = {"host": settings.host, "port": settings.port, "log_level": settings.log_level,
+               "access_log": settings.access_log, "limit_concurrency": settings.max_connections,
+               "timeout_graceful_shutdown": int(SHUTDOWN_GRACE_S) + 3}
+    return uvicorn.Config(app, **options | overrides)
 
 
 class DrainingServer(uvicorn.Server):

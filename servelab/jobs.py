@@ -39,7 +39,7 @@ def new_request_id() -> str:
 class Job:
     text: str
     future: asyncio.Future
-    arrived: float  # loop.time() when accepted
+    arrived: float  # loop.time() when the server began reading the request
     id: str = field(default_factory=new_request_id)
     started: float | None = None  # when the model worker took it
     answered: float | None = None
@@ -65,14 +65,22 @@ class JobQueue:
     def empty(self) -> bool:
         return self._waiting == 0
 
-    def put(self, text: str) -> Job:
-        """Accept a job, or raise QueueFull when max_queue jobs are already waiting."""
+    def put(self, text: str, arrived: float | None = None) -> Job:
+        """Accept a job, or raise QueueFull when max_queue jobs are already waiting.
+
+        arrived: when the server began reading the request (loop.time(); default: now). The queue
+        timeout counts from there, so time spent reading and parsing under a burst counts too;
+        a request already past it raises QueueTimeout here, and is never queued."""
         if self.max_queue is not None and self._waiting >= self.max_queue:
             raise QueueFull(f"{self._waiting} requests are already waiting")
         loop = asyncio.get_running_loop()
-        job = Job(text, loop.create_future(), loop.time())
+        now = loop.time()
+        arrived = now if arrived is None else arrived
+        if self.queue_timeout_s is not None and now - arrived >= self.queue_timeout_s:
+            raise QueueTimeout(f"waited {(now - arrived) * 1000:.0f} ms before it could even be queued")
+        job = Job(text, loop.create_future(), arrived)
         if self.queue_timeout_s is not None:
-            job.timer = loop.call_later(self.queue_timeout_s, self._expire, job)
+            job.timer = loop.call_at(arrived + self.queue_timeout_s, self._expire, job)
         self._waiting += 1
         self._jobs.put_nowait(job)
         return job

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import json
 import logging
 import math
@@ -16,7 +17,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import orjson
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
@@ -26,9 +27,20 @@ from servelab.models import BadInput
 from servelab.versions import SERVING, versions
 
 log = logging.getLogger("servelab.server")
+# When the application began on the current request (loop.time(): uvicorn has parsed its
+# headers), set by CountStatuses, our first middleware, for the queue timeout to count from. A
+# context variable: the handler runs in the task that set it, and the variants' request path
+# stays `server.enqueue(text)`.
+ARRIVED: contextvars.ContextVar[float | None] = contextvars.ContextVar("arrived", default=None)
 
 LOOP_LAG_PERIOD_S = 0.05
 SHUTDOWN_GRACE_S = 2.0  # on SIGTERM, queued requests have this long to be answered, then get 503
+# A refused body is still read, and dropped, up to this much or this long before the 413: a client
+# that sends its whole body before reading (urllib, most libraries) would otherwise get a reset.
+DRAIN_BYTES = 16 << 20
+DRAIN_S = 2.0
+MAX_HEADER_BYTES = 16 << 10  # all header names and values together: past it, 431
+MAX_HEADERS = 100
 
 
 @dataclass(frozen=True)
@@ -129,16 +141,28 @@ class Server:
     # -- the request path ---------------------------------------------------------------
 
     async def read_input(self, request: Request) -> str:
-        """The input text of a request, or RequestError 400/413 with a one-line reason."""
+        """The input text of a request, or RequestError 400/408/413 with a one-line reason."""
         limit = self.settings.max_body_bytes
         declared = request.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > limit:
-            raise RequestError(413, f"body is {declared} bytes; the limit is {limit} (--max-body-bytes)")
-        body = bytearray()
-        async for chunk in request.stream():  # read in chunks: a huge body is refused, not stored
-            body += chunk
-            if len(body) > limit:
-                raise RequestError(413, f"body is over {limit} bytes (--max-body-bytes)")
+        try:
+            async with asyncio.timeout(self.settings.body_timeout_s):
+                if declared.isdigit() and int(declared) > limit:
+                    await _drain(request)
+                    raise RequestError(413, f"body is {declared} bytes; the limit is {limit} "
+                                            "(--max-body-bytes)")
+                body = bytearray()
+                async for chunk in request.stream():  # in chunks: a huge body is refused, not stored
+                    body += chunk
+                    if len(body) > limit:
+                        await _drain(request)
+                        raise RequestError(413, f"body is over {limit} bytes (--max-body-bytes)")
+        except TimeoutError:
+            raise RequestError(408, f"body not received within {self.settings.body_timeout_s:g} s "
+                                    "(--body-timeout-s)", {"Connection": "close"}) from None
+        except ClientDisconnect:
+            # Nobody to answer: one quiet line, no traceback; /metrics counts it as 499.
+            log.info("client disconnected before sending its whole body")
+            raise RequestError(499, "client disconnected before sending its whole body") from None
         try:
             text = body.decode("utf-8")
         except UnicodeDecodeError as exc:
@@ -154,14 +178,17 @@ class Server:
         return text
 
     def enqueue(self, text: str) -> Job:
-        """Put the input on the model's queue, or refuse at once with 503 (full, closing, dead)."""
+        """Put the input on the model's queue, or refuse at once: 503 (full, closing, dead), or
+        504 if it already took longer than --queue-timeout-ms to read (counted from arrival)."""
         if self.closing or self.loop_error:
             raise RequestError(503, self.loop_error or "the server is shutting down")
         try:
-            return self.queue.put(text)
+            return self.queue.put(text, ARRIVED.get())
         except QueueFull as exc:
             raise RequestError(503, f"server overloaded: {exc} (--max-queue {self.queue.max_queue})",
                                {"Retry-After": str(self.retry_after_s())}) from None
+        except QueueTimeout as exc:
+            raise RequestError(504, str(exc)) from None
 
     async def answer(self, job: Job, request: Request) -> Response:
         """Wait for this job's own outcome; drop the job if its client leaves first."""
@@ -274,7 +301,7 @@ class Server:
     def middleware(self) -> list:
         from starlette.middleware import Middleware
 
-        return [Middleware(CountStatuses, metrics=self.metrics)]
+        return [Middleware(CountStatuses, metrics=self.metrics), Middleware(LimitHeaders)]
 
 
 class CountStatuses:
@@ -286,6 +313,7 @@ class CountStatuses:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope["path"] != "/" or scope["method"] != "POST":
             return await self.app(scope, receive, send)
+        ARRIVED.set(asyncio.get_running_loop().time())
         status = 499  # no response started: the client left first
 
         async def send_and_note(message):
@@ -298,6 +326,42 @@ class CountStatuses:
             await self.app(scope, receive, send_and_note)
         finally:
             self.metrics.requests.labels(str(status)).inc()
+
+
+class LimitHeaders:
+    """ASGI middleware: 431 for headers over MAX_HEADER_BYTES in all or MAX_HEADERS in number.
+
+    uvicorn's httptools parser (the default) sets no limit of its own, so these bytes have been
+    received by now; this keeps them out of the application. uvicorn's h11 parser can refuse them
+    while reading (h11_max_incomplete_event_size), at some cost in speed."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            headers = scope["headers"]
+            size = sum(len(name) + len(value) for name, value in headers)
+            if size > MAX_HEADER_BYTES or len(headers) > MAX_HEADERS:
+                reason = (f"request headers are {size} bytes in {len(headers)} lines; the limits are "
+                          f"{MAX_HEADER_BYTES} bytes and {MAX_HEADERS} lines")
+                request_id = new_request_id()
+                body = {"error": reason, "status": 431, "request_id": request_id}
+                headers = {"X-Request-ID": request_id, "Connection": "close"}
+                return await JSONResponse(body, 431, headers=headers)(scope, receive, send)
+        return await self.app(scope, receive, send)
+
+
+async def _drain(request: Request) -> None:
+    """Read and drop what is left of a refused body, up to DRAIN_BYTES or DRAIN_S (nginx's
+    lingering close, done before answering): then the client, done sending, reads the 413."""
+    dropped = 0
+    with contextlib.suppress(TimeoutError, ClientDisconnect):
+        async with asyncio.timeout(DRAIN_S):
+            async for chunk in request.stream():
+                dropped += len(chunk)
+                if dropped > DRAIN_BYTES:
+                    return
 
 
 async def _client_disconnected(request: Request) -> None:
@@ -318,12 +382,29 @@ def _to_list(value: Any) -> Any:
     raise TypeError(f"cannot encode {type(value).__name__} as JSON")
 
 
+MAX_JSON_DEPTH = 8  # {"inputs": ...} needs 1; a client's extra "parameters" a few more
+
+
 def _json_inputs(text: str) -> str:
+    # orjson, not json: it refuses a lone surrogate (which json passes on, to fail in the
+    # tokenizer as a 500) and stops at 1,024 levels instead of raising RecursionError.
     try:
-        payload = json.loads(text)
-    except json.JSONDecodeError as exc:
-        where = f"line {exc.lineno} column {exc.colno}"
-        raise RequestError(400, f"malformed JSON: {exc.msg} at {where}") from None
+        payload = orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        raise RequestError(400, f"malformed JSON: {exc}") from None
+    if _deeper_than(payload, MAX_JSON_DEPTH):
+        raise RequestError(400, f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
     if not isinstance(payload, dict) or not isinstance(payload.get("inputs"), str):
         raise RequestError(400, 'JSON body must be {"inputs": "<text>"}')
     return payload["inputs"]
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    """Whether lists and objects nest more than `limit` levels (iterative: no recursion limit)."""
+    level = [value]
+    for _ in range(limit):
+        level = [v for item in level if isinstance(item, dict | list)
+                 for v in (item.values() if isinstance(item, dict) else item)]
+        if not level:
+            return False
+    return any(isinstance(item, dict | list) for item in level)

@@ -7,12 +7,11 @@ import time
 
 import httpx
 import pytest
-import uvicorn
 
 from servelab import cli
 from servelab.paths import VARIANTS, VARIANTS_DIR
 from servelab.process import free_port
-from servelab.server import SHUTDOWN_GRACE_S, Server
+from servelab.server import Server
 from tests.fakes import FakeModel
 
 
@@ -31,8 +30,8 @@ def serve_in_thread(variant: str, args: list[str] = (), model=None):
     settings = cli.parse_settings(variant, module.__doc__, module.DEFAULTS, list(args))
     server = Server(variant, settings, model or FakeModel())
     port = free_port()
-    config = uvicorn.Config(module.build_app(server), host="127.0.0.1", port=port, log_level="warning",
-                            timeout_graceful_shutdown=int(SHUTDOWN_GRACE_S) + 3)
+    config = cli.uvicorn_config(module.build_app(server), settings, host="127.0.0.1", port=port,
+                                log_level="warning")
     uv = cli.DrainingServer(config, server)
     thread = threading.Thread(target=uv.run, daemon=True)
     thread.start()

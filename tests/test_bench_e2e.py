@@ -10,6 +10,7 @@ import pytest
 
 from servelab.bench import Load, Setup, run, sweep
 from servelab.bench.corpus import sha256
+from servelab.bench.sweep import read_points
 from servelab.paths import REPO
 from servelab.process import ServerError, ServerProcess
 
@@ -97,9 +98,11 @@ def test_sweep_writes_points_and_resumes(tmp_path):
     assert ",-," in first
     sweep(["naive"], **kwargs)  # nothing left to do: no server started, same file
     assert out.read_text() == first
+    sweep(["naive"], **kwargs, server_args={"log_level": "warning"})  # other server flags: new points
+    assert len(read_points(out)) == 2
 
 
-@pytest.mark.parametrize("command", ["bench", "ceiling", "profile", "sweep"])
+@pytest.mark.parametrize("command", ["bench", "ceiling", "profile", "sweep", "simulate", "soak"])
 def test_cli_help(command):
     done = subprocess.run(
         [sys.executable, "-m", "servelab", command, "--help"],

@@ -78,3 +78,18 @@ def test_drop_and_drop_all():
             queue.get_nowait()
 
     run(main())
+
+
+def test_a_request_already_late_when_queued_gets_504_at_once():
+    """The timeout counts from the request's arrival: time spent reading it counts too."""
+    async def main():
+        loop = asyncio.get_running_loop()
+        queue = JobQueue(queue_timeout_s=0.05)
+        with pytest.raises(QueueTimeout, match="before it could even be queued"):
+            queue.put("late", arrived=loop.time() - 0.06)
+        assert queue.empty()  # never queued, so never computed
+        job = queue.put("on time", arrived=loop.time() - 0.03)  # 20 ms left of its 50
+        await asyncio.sleep(0.035)
+        assert isinstance(job.future.exception(), QueueTimeout)
+
+    run(main())

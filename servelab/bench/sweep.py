@@ -128,11 +128,15 @@ def sweep(
         raise SweepError(f"sweeps run open-loop loads (scenario open or spike), not {scenario!r}")
     points = plan(variants, grid or {}, loads)
 
+    # The fixed server flags are part of a point's identity: a point measured on another device
+    # or model must not be taken for this one when a sweep resumes.
+    fixed = " ".join(server_argv(server_args) + list(server_extra or []))
+
     def identity(point: Point) -> dict:  # the CSV columns that say which point a row is
         return {"variant": point.variant, **dict(point.config), "scenario": scenario,
                 point.load[0]: point.load[1],
                 "duration_s": duration_s, "seed": setup.seed, "slo_ms": setup.slo_ms,
-                "torch_threads": setup.torch_threads}
+                "torch_threads": setup.torch_threads, "server_flags": fixed}
 
     rows = read_points(out)
     done = {row["key"] for row in rows}
