@@ -26,7 +26,7 @@ class Settings:
     torch_threads: int | None
     max_body_bytes: int
     body_timeout_s: float
-    max_connections: int
+    max_connections: int | None
     max_queue: int | None
     queue_timeout_ms: float | None
     trace: str | None
@@ -59,8 +59,9 @@ def build_parser(variant: str, doc: str, defaults: dict) -> argparse.ArgumentPar
         help="larger bodies get 413 (the rest is read and dropped first, so that the client can read it)")
     add("--body-timeout-s", type=float, default=10.0,
         help="a body not received whole within this gets 408: a trickling client cannot hold a request open")
-    add("--max-connections", type=int, default=1000,
-        help="open connections at most; past it uvicorn answers 503 (its limit_concurrency)")
+    add("--max-connections", type=int, default=defaults.get("max_connections"),
+        help="open connections at most; past it uvicorn answers 503 (its limit_concurrency; "
+        "off when not given)")
     if "max_wait_ms" in defaults:
         add("--max-wait-ms", type=float, default=defaults["max_wait_ms"], help=defaults["max_wait_ms_help"])
     if "max_batch_size" in defaults:

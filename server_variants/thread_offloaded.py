@@ -32,6 +32,8 @@ DEFAULTS = {
     # a second of work, and 1 s is the longest a request waits.
     "max_queue": 64,
     "queue_timeout_ms": 1000.0,
+    # Each open connection holds a socket and a coroutine: past this many, uvicorn answers 503.
+    "max_connections": 1000,
 }
 
 

@@ -252,6 +252,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ceiling.add_argument("--out", type=Path, default=None, help="write here instead (JSON; a CSV beside it)")
 
+    soak = commands.add_parser(
+        "soak",
+        help="many requests, good and bad mixed, every answer counted; memory and descriptors watched",
+        formatter_class=Formatter,
+        description="A benchmark of correctness and leaks, not speed (servelab/bench/soak.py): lost, "
+        "duplicated and crossed answers, undocumented statuses, RSS and open-descriptor growth.",
+    )
+    soak.add_argument("--variant", default="thread_offloaded", help="server_variants/NAME.py, or a path")
+    soak.add_argument("--requests", type=int, default=100_000, help="how many requests in all")
+    what = soak.add_mutually_exclusive_group()
+    what.add_argument("--rate", type=float, default=None, help="Poisson arrivals per second")
+    what.add_argument("--load", type=float, default=0.7,
+                      help="arrivals per second as a multiple of the ceiling")
+    soak.add_argument("--sigterm-after", type=float, default=None,
+                      help="send SIGTERM once this share of the requests is sent; check every one in flight "
+                      "gets a status and the server exits within 5 s")
+    add_server_options(soak)
+    add_machine_options(soak)
+
     profile = commands.add_parser(
         "profile",
         help="the model's forward pass alone, by batch size and length: a device profile",
@@ -306,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         commands = {"bench": cmd_bench, "ceiling": cmd_ceiling, "profile": cmd_profile, "sweep": cmd_sweep,
-                    "simulate": cmd_simulate}
+                    "simulate": cmd_simulate, "soak": cmd_soak}
         return commands[args.command](args, extra)
     except KeyboardInterrupt:
         print("interrupted; servers stopped", file=sys.stderr)
@@ -429,6 +448,19 @@ def cmd_profile(args, extra: list[str]) -> int:
           f"(worst point off by {worst:.0%})")
     print(f"profile written to {out}; serve with --device emulated:{out}")
     return 0
+
+
+def cmd_soak(args, extra: list[str]) -> int:
+    from dataclasses import replace
+
+    from servelab.bench.soak import describe, soak
+
+    setup = replace(setup_from(args), bracket=False)  # a soak judges answers, not speed
+    run_dir, summary = soak(args.variant, server_args(args, extra), requests=args.requests, rate=args.rate,
+                            load=args.load, setup=setup, sigterm_after=args.sigterm_after)
+    print(describe(summary))
+    print(f"written: {run_dir}")
+    return 0 if all(summary["goals_met"].values()) else 1
 
 
 def cmd_simulate(args, extra: list[str]) -> int:
