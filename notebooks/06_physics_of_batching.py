@@ -154,15 +154,24 @@ show(cpu_rows, cpu_curves, "On this CPU: measured (o), the same runs simulated (
 #   the simulator gets it within a few percent, except where this machine's speed drifted
 #   between the calibration and the run (it does, by 10-20% within minutes: notebook 5's
 #   bracket).
-# - **Latency under overload** is mostly the queue: with no breaker (`capped_batch`), the
-#   median grows with the run's length at the rate the backlog grows, so a small error in the
-#   service rate becomes a larger one in p50. With the breaker (`thread_offloaded`), the queue
-#   is capped, and so is the error.
+# - **Latency under overload** is mostly the queue. With the breaker (`thread_offloaded`), the
+#   queue is capped, and the simulator's median follows the measured one. With no breaker
+#   (`capped_batch`) it does not, and not for want of a better cost model: past its capacity
+#   a blocking server stops serving in arrival order. Requests that need a new connection wait
+#   in the kernel's accept queue while the model runs, some until TCP retransmits their
+#   handshake (seconds later), and the rest are served quickly. The simulator's queue is
+#   FIFO, so its median reads too high there (see the request log of that run: most answers
+#   take 1-2 s, a few take 10 s).
 # - **Light load**: what is left is the time of one small batch and the HTTP path. An idle core
 #   computes slower than the ceiling's hot loop (caches, clocks), which the light-load calibration
 #   run measures as a latency offset.
 #
 # ## 3. The same variants on the emulated H200
+#
+# Here the server's own work is most of the cost, and the overloads are where the simulator is
+# weakest: thousands of open connections (no breaker) or thousands of refusals a second
+# (breaker on) cost the one core more, or less, than the calibration's short runs measured.
+# Below capacity it agrees; past it, read its curves as the shape, not the figure.
 #
 # The same servers, the same Locust scenarios and the same bench, with `--device
 # emulated:h200-bert-base`: the pipeline runs here, only the forward pass waits as an H200
