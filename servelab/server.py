@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import gc
 import json
 import logging
 import math
@@ -99,6 +100,13 @@ class Server:
         if s.trace:
             # Opened once, before the server takes requests; closed when the loop ends.
             self._trace = open(s.trace, "a", buffering=1)  # noqa: ASYNC230, SIM115
+        # Everything loaded so far (torch, transformers, the model: hundreds of thousands of
+        # objects) lives as long as the process. Frozen, the cyclic GC never walks it again;
+        # otherwise a burst of requests triggers full collections that stall the event loop
+        # for 150-200 ms, and a 504 due at 200 ms reaches its client at 400 (issue 10's probe,
+        # results/reference/reliability-cpu-2core/).
+        gc.collect()
+        gc.freeze()
         self.loop_task = asyncio.create_task(model_loop(self), name="model-loop")
         self.loop_task.add_done_callback(self._model_loop_ended)
         lag_task = asyncio.create_task(self._watch_loop_lag(), name="loop-lag")

@@ -1,0 +1,43 @@
+"""The soak, short (python -m servelab soak runs the long one): 10,000 requests through a real
+server on the emulated H200 (the real pipeline, the forward pass replaced by a wait), 5% bad and
+1% leaving early, every answer counted; and a SIGTERM in the middle of one."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from servelab.bench.setup import Setup
+from servelab.bench.soak import soak
+
+DEVICE = {"device": "emulated:h200-bert-base"}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_ten_thousand_requests_and_nothing_lost_duplicated_or_crossed(tmp_path):
+    run_dir, summary = soak("thread_offloaded", DEVICE, requests=10_000, rate=300,
+                            setup=Setup(bracket=False, results_dir=tmp_path), progress=None)
+    assert summary["by_kind"]["good"] > 9000
+    assert summary["lost"] == 0
+    assert summary["duplicated"] == 0
+    assert summary["crossed"] == 0
+    assert summary["sample_checked"] == 200
+    assert summary["unexpected"] == 0, summary["examples"]["unexpected"]
+    assert summary["goals_met"]["fds"], summary["fds"]
+    assert summary["rss_growth_after_warm_up"] < 0.05, summary["rss_mb"]
+    assert json.loads((run_dir / "manifest.json").read_text())["soak"]["requests"] == 10_000
+    assert (run_dir / "resources.csv").read_text().count("\n") > 5
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_sigterm_mid_soak_gives_every_request_in_flight_a_status(tmp_path):
+    _, summary = soak("thread_offloaded", DEVICE | {"max_queue": 0, "queue_timeout_ms": 0}, requests=4000,
+                      rate=800, setup=Setup(bracket=False, results_dir=tmp_path), sigterm_after=0.5,
+                      progress=None)
+    assert summary["requests"] == 2000
+    assert summary["lost"] == 0, summary["examples"]["lost"]
+    assert summary["unexpected"] == 0, summary["examples"]["unexpected"]  # 200, or 503 once closing
+    assert summary["sigterm"]["exited_within_5_s"], summary["sigterm"]
