@@ -19,6 +19,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from servelab.paths import VARIANTS
 from servelab.server import MAX_HEADER_BYTES, MAX_JSON_DEPTH
 from tests.conftest import post, serve_in_thread
 from tests.fakes import FakeModel
@@ -104,13 +105,17 @@ def test_headers_over_the_limit_get_431_and_the_server_goes_on(variant):
 
 # -- Every client can read its error -----------------------------------------------------------
 
-@pytest.mark.parametrize("size", [1 << 20, 8 << 20])
-def test_every_urllib_client_reads_its_413(size):
+@pytest.mark.parametrize(("variant", "size", "tries"), [
+    *[(v, 1 << 20, 5) for v in VARIANTS],
+    ("thread_offloaded", 1 << 20, 20),
+    ("thread_offloaded", 8 << 20, 20),
+])
+def test_every_urllib_client_reads_its_413(variant, size, tries):
     """urllib sends the whole body before it reads: the server must read (and drop) it first."""
     body = b"x" * size
     outcomes = []
-    with serve_in_thread("thread_offloaded") as (url, _):
-        for _ in range(20):
+    with serve_in_thread(variant) as (url, _):
+        for _ in range(tries):
             request = urllib.request.Request(url + "/", data=body, method="POST")
             try:
                 urllib.request.urlopen(request, timeout=30)
@@ -120,7 +125,7 @@ def test_every_urllib_client_reads_its_413(size):
             except OSError as exc:  # reset or broken pipe: the client never read an answer
                 outcomes.append(type(exc).__name__)
         assert post(url, "good").status_code == 200
-    assert outcomes == [413] * 20
+    assert outcomes == [413] * tries
 
 
 def test_a_body_shorter_than_its_content_length_then_close_is_a_quiet_499(caplog):
@@ -135,9 +140,9 @@ def test_a_body_shorter_than_its_content_length_then_close_is_a_quiet_499(caplog
     assert not [r for r in caplog.records if r.exc_info]
 
 
-def test_a_trickled_body_gets_408_and_does_not_hold_up_others():
+def test_a_trickled_body_gets_408_and_does_not_hold_up_others(variant):
     """One byte every 0.2 s: the body timeout (1 s here) ends it; others are served meanwhile."""
-    with serve_in_thread("thread_offloaded", ["--body-timeout-s", "1"]) as (url, _):
+    with serve_in_thread(variant, ["--body-timeout-s", "1"]) as (url, _):
         host, port = url.removeprefix("http://").split(":")
         result = {}
 

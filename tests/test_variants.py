@@ -128,16 +128,24 @@ def test_sigterm_under_load_answers_everyone_and_exits_in_seconds(variant):
                 tasks = [asyncio.create_task(post) for post in posts]
                 await asyncio.sleep(0.5)
                 server.process.send_signal(signal.SIGTERM)
-                return await asyncio.gather(*tasks, return_exceptions=True)
+                await asyncio.sleep(0.2)
+                # A request after the SIGTERM, on a new connection: refused, or answered 503.
+                async with httpx.AsyncClient(timeout=10) as late_client:
+                    try:
+                        late = (await late_client.post(server.url + "/", content=b"too late")).status_code
+                    except httpx.ConnectError:
+                        late = "refused"
+                return await asyncio.gather(*tasks, return_exceptions=True), late
 
         process = server.process
         start = time.monotonic()
-        outcomes = asyncio.run(load_then_terminate())
+        outcomes, late = asyncio.run(load_then_terminate())
         process.wait(15)
         exit_seconds = time.monotonic() - start
         log = server.output()
     statuses = [o.status_code if isinstance(o, httpx.Response) else type(o).__name__ for o in outcomes]
     assert exit_seconds < 10
+    assert late in ("refused", 503)
     # uvicorn re-raises the signal it handled once it has shut down, so the exit is -SIGTERM.
     assert process.returncode in (0, -signal.SIGTERM)
     assert "Application shutdown complete" in log

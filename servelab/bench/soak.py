@@ -20,6 +20,7 @@ The run folder gets a manifest (as a bench run's), summary.json and resources.cs
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import csv
 import hashlib
 import json
@@ -281,13 +282,12 @@ def soak(variant: str = "thread_offloaded", server_args: dict | list | None = No
         def show(i: int, total: int) -> None:
             progress(f"{i}/{total} sent")
 
-        if bench.locust_cores:  # the client is the load generator: its core, not the server's
-            os.sched_setaffinity(0, bench.locust_cores)
         progress(f"soak: {len(batch)} requests at {rate:.1f}/s to {variant} ...")
         started = time.perf_counter()
-        asyncio.run(send_all(bench.server.url, batch, rate, setup.seed, refusable or bool(sigterm_after),
-                             samples, bench.server.pid, show,
-                             after_last=stop_server if sigterm_after is not None else None))
+        with _pinned(bench.locust_cores):  # the client is the load generator: its core, not the server's
+            asyncio.run(send_all(bench.server.url, batch, rate, setup.seed, refusable or bool(sigterm_after),
+                                 samples, bench.server.pid, show,
+                                 after_last=stop_server if sigterm_after is not None else None))
         duration_s = time.perf_counter() - started
         exit_s = _exit_seconds(bench.server.process, sigterm["at"]) if sigterm else None
         manifest = bench.base_manifest() | {"soak": {"requests": requests, "rate": rate, "seed": setup.seed,
@@ -305,6 +305,18 @@ def soak(variant: str = "thread_offloaded", server_args: dict | list | None = No
         writer.writeheader()
         writer.writerows(samples.rows)
     return run_dir, summary
+
+
+@contextlib.contextmanager
+def _pinned(cores: list[int] | None):
+    """This process on `cores` for the block, then back where it was."""
+    before = os.sched_getaffinity(0)
+    if cores:
+        os.sched_setaffinity(0, cores)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
 
 
 def _exit_seconds(process, since: float) -> float | None:
