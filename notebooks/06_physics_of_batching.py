@@ -53,7 +53,7 @@ HOST = "cpu"  # this machine, the reference every earlier notebook measured
 ACCELERATOR = sim.accelerator(DEVICE)
 VARIANTS = ["capped_batch", "thread_offloaded"]  # with their own defaults (cap 16; breaker on in the second)
 LOADS = [0.5, 2.0] if QUICK else [0.25, 0.5, 1.0, 2.0]  # offered rates, x the device's ceiling
-DURATION_S = 3 if QUICK else 10
+DURATION_S = 2 if QUICK else 10
 # thread_offloaded over max-wait x cap on the accelerator: a cap of 1 is the no-batching baseline.
 GRID = ({"max_wait_ms": [2], "max_batch_size": [1, 64]} if QUICK
         else {"max_wait_ms": [1, 5], "max_batch_size": [1, 16, 64]})

@@ -217,7 +217,7 @@ def fuzzed_server():
         yield url
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(body=BODIES, content_type=CONTENT_TYPES)
 def test_any_body_gets_a_200_or_a_documented_4xx_and_the_server_goes_on(fuzzed_server, body, content_type):
     headers = {"content-type": content_type} if content_type else {}

@@ -46,8 +46,8 @@ def test_max_queue_sheds_the_excess_at_once_and_never_holds_more_than_the_limit(
         depths = []
         put = server.queue.put
 
-        def recording_put(text):
-            job = put(text)
+        def recording_put(text, arrived=None):
+            job = put(text, arrived)
             depths.append(server.queue.qsize())
             return job
 

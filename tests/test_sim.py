@@ -14,7 +14,7 @@ from servelab.costmodel import BatchCost, CostModel, batch_cost_fit
 from servelab.emulated import Profile
 from servelab.paths import VARIANTS, VARIANTS_DIR
 from servelab.sim import Policy, simulate
-from servelab.sim.calibration import Calibration, offload_seconds, solve_http
+from servelab.sim.calibration import offload_seconds, solve_http
 from servelab.sim.engine import HttpCost
 from servelab.sim.policy import BEHAVIOUR, variant_defaults
 from servelab.sim.replay import MeasuredRun, corpus_token_lengths, replay
@@ -222,8 +222,7 @@ def test_a_measured_run_is_replayed_with_its_own_arrivals_and_settings(tmp_path)
     summary = {"variant": "capped_batch", "slo_ms": 100, "achieved_rate": 50.0, "latency_ms": {"p50": 6.0},
                "settings": {"device": "cpu", "max_batch_size": 1, "max_wait_ms": 2.0}}
     (tmp_path / "summary.json").write_text(json.dumps(summary))
-    calibration = Calibration(constant(0.005), HttpCost(0.001), {})
-    simulated = replay(MeasuredRun.load(tmp_path), calibration, corpus_token_lengths())
+    simulated = replay(MeasuredRun.load(tmp_path), constant(0.005), HttpCost(0.001), corpus_token_lengths())
     assert simulated["requests"] == simulated["ok"] == 100
     assert simulated["latency_ms"]["p50"] == pytest.approx(6.0)  # 5 ms model + 1 ms HTTP
     assert simulated["mean_batch_size"] == 1

@@ -43,7 +43,7 @@ def replay_points(points: list[dict], cal) -> list[dict]:
 
     rows = []
     for point in points:
-        simulated = replay(MeasuredRun.load(point["run_dir"]), cal, corpus_token_lengths())
+        simulated = replay(MeasuredRun.load(point["run_dir"]), cal.cost, cal.http, corpus_token_lengths())
         rows.append(point | flatten(simulated, "sim."))
     return rows
 

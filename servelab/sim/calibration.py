@@ -159,7 +159,8 @@ def idle_extra_seconds(summary: dict, calibration: Calibration) -> float:
     """A light-load run's measured median latency minus its simulation's (never below zero)."""
     from servelab.sim.replay import MeasuredRun, corpus_token_lengths, replay
 
-    simulated = replay(MeasuredRun.load(summary["run_dir"]), calibration, corpus_token_lengths())
+    run = MeasuredRun.load(summary["run_dir"])
+    simulated = replay(run, calibration.cost, calibration.http, corpus_token_lengths())
     return max(0.0, (summary["latency_ms"]["p50"] - simulated["latency_ms"]["p50"]) / 1000)
 
 

@@ -112,7 +112,7 @@ def _replay(args, cal) -> int:
     for run_dir in args.replay:
         run = MeasuredRun.load(run_dir)
         run_cal = cal or Calibration.find(run.device, args.results_dir)
-        simulated = replay(run, run_cal, corpus_token_lengths())
+        simulated = replay(run, run_cal.cost, run_cal.http, corpus_token_lengths())
         table = compare(run.summary, simulated)
         rows.append({"run": run_dir.name, "device": run.device, "variant": run.summary["variant"],
                      "offered_rate": run.summary.get("offered_rate"),

@@ -2,8 +2,7 @@
 
 The run folder (python -m servelab bench) gives everything but the costs: the variant and its
 settings, the send time and word count of every request. A calibration gives the costs: the
-cost model from the ceiling and the per-request HTTP time from a run at batch 1
-(servelab/sim/calibration.py).
+cost model from the ceiling and the server's own work (servelab/sim/calibration.py).
 """
 
 from __future__ import annotations
@@ -14,8 +13,8 @@ from functools import cache
 from pathlib import Path
 
 from servelab.bench.loadgen import read_requests
-from servelab.sim.calibration import Calibration
-from servelab.sim.engine import simulate
+from servelab.costmodel import BatchCost
+from servelab.sim.engine import HttpCost, simulate
 from servelab.sim.policy import Policy
 from servelab.sim.summary import summarize
 
@@ -43,15 +42,16 @@ class MeasuredRun:
         return self.summary["settings"].get("device") or "auto"
 
 
-def replay(run: MeasuredRun, calibration: Calibration, token_lengths: dict[int, int]) -> dict:
-    """The simulated summary of `run`: the same arrivals (actual sends), inputs (by word count),
-    variant and settings; latency counted from the intended sends, as measured."""
+def replay(run: MeasuredRun, cost: BatchCost, http: HttpCost, token_lengths: dict[int, int]) -> dict:
+    """The simulated summary of `run` with these costs (a calibration's): the same arrivals
+    (actual sends), inputs (by word count), variant and settings; latency counted from the
+    intended sends, as measured."""
     start = run.rows[0]["actual_send_s"]
     arrivals = [r["actual_send_s"] - start for r in run.rows]
     intended = [r["intended_send_s"] - start for r in run.rows]
     lengths = [length_of(r["input_words"], token_lengths) for r in run.rows]
     policy = Policy.of_variant(run.summary["variant"], run.summary["settings"])
-    outcome = simulate(arrivals, lengths, policy, calibration.cost, calibration.http)
+    outcome = simulate(arrivals, lengths, policy, cost, http)
     return summarize(outcome, run.summary["slo_ms"], intended)
 
 
