@@ -29,11 +29,7 @@ def calibration(results: Path, quick: bool, device: str):
 
 
 def describe(cal) -> str:
-    from servelab.costmodel import describe_fit
-    from servelab.sim.calibration import describe_http
-
-    return (f"{cal.data['device']}: {describe_fit(cal.data['ceiling']['cost_model'])}; "
-            f"server's own work {describe_http(cal.http)}")
+    return f"{cal.data['device']}: {cal.describe()}"
 
 
 def replay_points(points: list[dict], cal) -> list[dict]:

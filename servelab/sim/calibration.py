@@ -64,6 +64,13 @@ class Calibration:
                 f"`python -m servelab simulate --calibrate --device {device}` (about three minutes)")
         return cls.load(path)
 
+    def describe(self) -> str:
+        """The fit and the server's own work, in one line."""
+        from servelab.costmodel import describe_fit
+
+        return (f"{describe_fit(self.data['ceiling']['cost_model'])}; "
+                f"server's own work {describe_http(self.http)}")
+
 
 def calibration_path(results_dir: Path, device: str) -> Path:
     safe = device.replace(":", "_").replace("/", "_")

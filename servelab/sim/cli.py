@@ -158,11 +158,7 @@ def poisson_arrivals(rate: float, duration_s: float, count: int | None, seed: in
 
 
 def _describe_calibration(cal) -> str:
-    from servelab.costmodel import describe_fit
-    from servelab.sim.calibration import describe_http
-
-    return (f"calibration ({cal.data['device']}): batch {describe_fit(cal.data['ceiling']['cost_model'])}; "
-            f"server's own work {describe_http(cal.http)}")
+    return f"calibration ({cal.data['device']}): batch {cal.describe()}"
 
 
 def _describe(spec: str, s: dict, ceiling: float) -> str:
