@@ -7,12 +7,10 @@ so that a fresh machine serves real embeddings with no network. Any other model 
 
 from __future__ import annotations
 
-import ctypes
 import json
 import logging
 import os
 import re
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,12 +25,6 @@ DEFAULT_MODEL = "all-MiniLM-L6-v2"
 # Every other task answers 400 to an input that is too long: for fill-mask, cutting the text
 # could cut away the very mask the client asked about.
 TRUNCATING_TASKS = {"feature-extraction", "text-classification"}
-
-# glibc keeps the memory a freed batch used, and batches of ever-new shapes fragment it: on the
-# 2-core reference CPU the server's RSS grew 6.7% over a 100,000-request soak with no leak at all
-# (results/reference/reliability-cpu-2core/). malloc_trim hands the free pages back. It costs
-# about 1 ms, and the next batch about 10 ms of page faults, so at most once per period.
-TRIM_PERIOD_S = 10.0
 
 
 class ModelLoadError(Exception):
@@ -124,7 +116,6 @@ class LoadedModel:
     max_tokens: int
     call_kwargs: dict = field(default_factory=dict)
     emulated: Any = None  # the servelab.emulated.Profile whose waits replace the forward pass
-    last_trim: float = field(default_factory=time.monotonic)
 
     @property
     def dtype(self) -> str:
@@ -172,12 +163,6 @@ class LoadedModel:
         so one poisoned request fails by itself and its batch-mates still get their answers.
         """
         try:
-            return self._outcomes(texts)
-        finally:
-            self._trim_memory()
-
-    def _outcomes(self, texts: list[str]) -> list[Any]:
-        try:
             return self._call(texts)
         except Exception as exc:
             if len(texts) == 1:
@@ -190,14 +175,6 @@ class LoadedModel:
             except Exception as exc:
                 outcomes.append(exc)
         return outcomes
-
-    def _trim_memory(self) -> None:
-        """Return freed heap pages to the OS, at most every TRIM_PERIOD_S; in the thread that
-        computed, off the event loop where the variant offloads."""
-        now = time.monotonic()
-        if _malloc_trim is not None and now - self.last_trim >= TRIM_PERIOD_S:
-            self.last_trim = now
-            _malloc_trim(0)
 
     def _call(self, texts: list[str]) -> list[Any]:
         if len(texts) == 1:  # some pipelines (fill-mask) unwrap a one-item list: ask for one item
@@ -295,14 +272,3 @@ def _package_version() -> str:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip() or type(exc).__name__
     return text.splitlines()[0][:300]
-
-
-def _libc_malloc_trim():
-    """glibc's malloc_trim, or None where there is none (macOS, musl)."""
-    try:
-        return ctypes.CDLL("libc.so.6").malloc_trim
-    except (OSError, AttributeError):
-        return None
-
-
-_malloc_trim = _libc_malloc_trim()

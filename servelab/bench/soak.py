@@ -14,8 +14,6 @@ their answer. Every answer is checked:
   checked exactly for a sample, against the same model run in this process after the load;
 - the server's RSS and open file descriptors, sampled every few seconds: RSS growth after the
   warm-up (the first tenth of the requests), and descriptors left open once every client is gone.
-  RSS swings with the batch in flight and with the server's periodic malloc_trim, so growth
-  compares peaks: the highest sample after the second tenth against the highest in it.
 The run folder gets a manifest (as a bench run's), summary.json and resources.csv.
 """
 
@@ -42,7 +40,7 @@ BAD_SHARE = 0.05
 LEAVER_SHARE = 0.01
 SAMPLE_CHECKED = 200  # good answers compared exactly with a local computation
 RESOURCE_PERIOD_S = 2.0
-WARMED_UP_SHARE = 0.1  # the first tenth warms up; the peak RSS of the second is the reference
+WARMED_UP_SHARE = 0.1  # RSS growth counts from the first sample after this share of the requests
 GOALS = {"lost": 0, "duplicated": 0, "crossed": 0, "unexpected": 0, "max_rss_growth": 0.05}
 
 # Bad requests: (kind, body, content type, statuses the README documents for it)
@@ -219,8 +217,7 @@ def summarize(requests: list[Request], samples: ResourceSamples, sample_check: d
             hashes.setdefault(r.answer_hash, []).append(r.seq)
     duplicated = [seqs for seqs in hashes.values() if len(seqs) > 1]
     warm = next((s for s in samples.rows if s["sent"] >= WARMED_UP_SHARE * len(requests)), samples.rows[0])
-    rss_reference, rss_later = _rss_peaks(samples.rows, len(requests))
-    rss_growth = rss_later / rss_reference - 1
+    rss_growth = max(s["rss_mb"] for s in samples.rows if s["t"] >= warm["t"]) / warm["rss_mb"] - 1
     good = [r for r in requests if r.kind == "good" and r.status == 200]
     summary = {
         "requests": len(requests),
@@ -236,7 +233,6 @@ def summarize(requests: list[Request], samples: ResourceSamples, sample_check: d
         "unexpected": len(unexpected),
         "sample_checked": sample_check["checked"],
         "rss_mb": {"start": samples.rows[0]["rss_mb"], "after_warm_up": warm["rss_mb"],
-                   "peak_second_tenth": rss_reference, "peak_after": rss_later,
                    "end": samples.rows[-1]["rss_mb"], "max": max(s["rss_mb"] for s in samples.rows)},
         "rss_growth_after_warm_up": rss_growth,
         "fds": {"start": samples.rows[0]["fds"], "after_warm_up": warm["fds"], "end": samples.rows[-1]["fds"],
@@ -252,14 +248,6 @@ def summarize(requests: list[Request], samples: ResourceSamples, sample_check: d
         "fds": summary["fds"]["end"] <= summary["fds"]["start"],
     }
     return summary
-
-
-def _rss_peaks(rows: list[dict], requests: int) -> tuple[float, float]:
-    """(peak RSS while the second tenth of the requests was sent, peak RSS after it)."""
-    start, end = WARMED_UP_SHARE * requests, 2 * WARMED_UP_SHARE * requests
-    reference = [r["rss_mb"] for r in rows if start <= r["sent"] < end] or [rows[0]["rss_mb"]]
-    later = [r["rss_mb"] for r in rows if r["sent"] >= end] or reference
-    return max(reference), max(later)
 
 
 def soak(variant: str = "thread_offloaded", server_args: dict | list | None = None, *,
@@ -351,8 +339,8 @@ def describe(summary: dict) -> str:
         f"{summary['by_status']}",
         f"lost {summary['lost']}, duplicated {summary['duplicated']}, crossed {summary['crossed']} "
         f"(of {summary['sample_checked']} checked exactly), unexpected statuses {summary['unexpected']}",
-        f"RSS peak {summary['rss_mb']['peak_second_tenth']:.0f} MB in the second tenth -> "
-        f"{summary['rss_mb']['peak_after']:.0f} MB after it "
+        f"RSS {summary['rss_mb']['after_warm_up']:.0f} MB after warm-up -> "
+        f"max {summary['rss_mb']['max']:.0f} MB "
         f"({summary['rss_growth_after_warm_up']:+.1%}); open fds {summary['fds']['start']} before, "
         f"{summary['fds']['max']} at most, {summary['fds']['end']} after",
         "goals: " + ", ".join(f"{k} {'ok' if v else 'MISSED'}" for k, v in met.items()),
