@@ -34,6 +34,12 @@ class Settings:
     access_log: bool
     max_wait_ms: float | None = None  # None: this variant has no such flag
     max_batch_size: int | None = None
+    slo_ms: float | None = None  # slo_aware's plan; None there: measured at start-up
+    max_batch_tokens: int | None = None
+    without: list[str] | None = None
+
+PLAN_PARTS = ("sizing", "sorting", "admission")
+
 
 class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
     pass
@@ -66,7 +72,20 @@ def build_parser(variant: str, doc: str, defaults: dict) -> argparse.ArgumentPar
         add("--max-wait-ms", type=float, default=defaults["max_wait_ms"], help=defaults["max_wait_ms_help"])
     if "max_batch_size" in defaults:
         add("--max-batch-size", type=int, default=defaults["max_batch_size"],
-            help="a batch closes as soon as it holds this many requests")
+            help=defaults.get("max_batch_size_help", "a batch closes as soon as it holds this many requests"))
+    if "slo_ms" in defaults:
+        plan = parser.add_argument_group("the plan (slo_aware)")
+        plan.add_argument("--slo-ms", type=float, default=None,
+                          help="latency objective: every batch is planned, and every request admitted, so "
+                          "that it is answered within this many ms of its arrival (default: 10x the "
+                          "time of one input, measured at start-up)")
+        plan.add_argument("--max-batch-tokens", type=int, default=defaults["max_batch_tokens"],
+                          help="a batch holds at most this many padded token positions (TEI's "
+                          "max_batch_tokens): what bounds its memory")
+        plan.add_argument("--without", action="append", choices=PLAN_PARTS, default=[],
+                          help="turn one part of the plan off, to see what it is worth (repeatable): "
+                          "sizing (a fixed --max-batch-size cap instead), sorting (one batch in "
+                          "arrival order), admission (no 503 from predictions)")
     breaker = parser.add_argument_group("circuit breaking (off when not given)")
     breaker.add_argument("--max-queue", type=int, default=defaults.get("max_queue"),
                          help="a request arriving while this many wait gets 503 at once, with Retry-After; "

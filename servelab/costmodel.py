@@ -8,6 +8,7 @@ CPU k dominates almost at once.
 
 from __future__ import annotations
 
+from collections import Counter, deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,24 +31,77 @@ def fit(points: list[dict]) -> tuple[CostModel, list[dict]]:
     "seconds"}: each point weighs 1/seconds^2, so a batch of 1 is fitted as closely as a batch of
     64 (a plain fit would sacrifice the small batches, where a lives). Returns the model and, per
     point, its prediction and relative error."""
-    xs = [p["batch_size"] * p["tokens"] for p in points]
-    ys = [p["seconds"] for p in points]
-    if len(set(xs)) < 2:
+    sums = _WeightedSums()
+    for p in points:
+        sums.add(p["batch_size"] * p["tokens"], p["seconds"])
+    if sums.distinct_x() < 2:
         raise ValueError("fitting a + k*b*L needs points at two or more batch sizes or lengths")
-    ws = [1 / y**2 for y in ys]
-    sw = sum(ws)
-    sx = sum(w * x for w, x in zip(ws, xs, strict=True))
-    sy = sum(w * y for w, y in zip(ws, ys, strict=True))
-    sxx = sum(w * x * x for w, x in zip(ws, xs, strict=True))
-    sxy = sum(w * x * y for w, x, y in zip(ws, xs, ys, strict=True))
-    k = (sw * sxy - sx * sy) / (sw * sxx - sx * sx)
-    model = CostModel((sy - k * sx) / sw, k)
+    model = sums.solve()
     errors = [
         {**p, "predicted_s": model.seconds(p["batch_size"], p["tokens"]),
          "relative_error": model.seconds(p["batch_size"], p["tokens"]) / p["seconds"] - 1}
         for p in points
     ]
     return model, errors
+
+
+class _WeightedSums:
+    """The sums a weighted least-squares line needs (weight 1/y^2), kept so that points can be
+    added and taken away one at a time."""
+
+    def __init__(self):
+        self.sw = self.sx = self.sy = self.sxx = self.sxy = 0.0
+        self.xs: Counter[float] = Counter()
+
+    def add(self, x: float, y: float, sign: int = 1) -> None:
+        w = sign / y**2
+        self.sw += w
+        self.sx += w * x
+        self.sy += w * y
+        self.sxx += w * x * x
+        self.sxy += w * x * y
+        self.xs[x] += sign
+        if self.xs[x] == 0:
+            del self.xs[x]
+
+    def distinct_x(self) -> int:
+        return len(self.xs)
+
+    def solve(self) -> CostModel:
+        k = (self.sw * self.sxy - self.sx * self.sy) / (self.sw * self.sxx - self.sx * self.sx)
+        return CostModel((self.sy - k * self.sx) / self.sw, k)
+
+
+class OnlineCost:
+    """t(b, L) = a + k*b*L, refitted after every batch from the last `window` batches a server
+    actually ran (a sliding window follows a machine that warms up, slows down or gets a
+    neighbour). Until the window holds two different shapes, the first model (a start-up
+    measurement) stands; a fit with a <= 0 or k <= 0 keeps the last good one, since a planner
+    given a free batch would split forever."""
+
+    def __init__(self, first: CostModel, window: int = 256):
+        # A first fit can come out with a or k at or below zero (a model too fast to time): a
+        # planner takes the smallest positive costs instead, never a free pass.
+        self.model = CostModel(max(first.a, 1e-6), max(first.k, 1e-9))
+        self.window: deque[tuple[float, float]] = deque()
+        self.size = window
+        self._sums = _WeightedSums()
+
+    def seconds(self, batch_size: int, length: int) -> float:
+        return self.model.seconds(batch_size, length)
+
+    def observe(self, batch_size: int, length: int, seconds: float) -> None:
+        if seconds <= 0:
+            return
+        point = (batch_size * length, seconds)
+        self.window.append(point)
+        self._sums.add(*point)
+        if len(self.window) > self.size:
+            self._sums.add(*self.window.popleft(), sign=-1)
+        if self._sums.distinct_x() >= 2:
+            fitted = self._sums.solve()
+            if fitted.a > 0 and fitted.k > 0:
+                self.model = fitted
 
 
 @dataclass(frozen=True)

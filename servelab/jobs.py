@@ -12,11 +12,21 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 
 class QueueFull(Exception):
     """No room: the request gets 503 at once."""
+
+
+class WillBeLate(QueueFull):
+    """Admitted, this request would finish past the latency objective: 503 at once, with a
+    Retry-After from the same prediction (slo_aware's admission)."""
+
+    def __init__(self, message: str, retry_after_s: int):
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class QueueTimeout(Exception):
@@ -41,6 +51,8 @@ class Job:
     future: asyncio.Future
     arrived: float  # loop.time() when the server began reading the request
     id: str = field(default_factory=new_request_id)
+    tokens: int = 0  # its input's length in tokens, where a variant plans by length
+    predicted_done: float | None = None  # when the plan expected to answer it, where there is one
     started: float | None = None  # when the model worker took it
     answered: float | None = None
     timer: asyncio.TimerHandle | None = None
@@ -50,13 +62,26 @@ class Job:
         return self.started is None and not self.future.done()
 
 
-class JobQueue:
-    """FIFO of jobs. `get`, `get_nowait`, `empty` and `qsize` behave like asyncio.Queue's."""
+class _Jobs(asyncio.Queue):
+    """asyncio.Queue, and a look at what is queued (as its own subclasses use self._queue)."""
 
-    def __init__(self, max_queue: int | None = None, queue_timeout_s: float | None = None):
+    def queued(self) -> Iterator[Job]:
+        return iter(self._queue)
+
+
+class JobQueue:
+    """FIFO of jobs. `get`, `get_nowait`, `empty` and `qsize` behave like asyncio.Queue's.
+
+    admit: called with each new job before it is queued; it may raise QueueFull (or WillBeLate)
+    to refuse it. Where a variant plans (slo_aware), it is the admission rule.
+    """
+
+    def __init__(self, max_queue: int | None = None, queue_timeout_s: float | None = None,
+                 admit: Callable[[Job], None] | None = None):
         self.max_queue = max_queue
         self.queue_timeout_s = queue_timeout_s
-        self._jobs: asyncio.Queue[Job] = asyncio.Queue()
+        self.admit = admit
+        self._jobs: _Jobs = _Jobs()
         self._waiting = 0  # jobs in _jobs still to be started: the breaker's signal
 
     def qsize(self) -> int:
@@ -79,6 +104,8 @@ class JobQueue:
         if self.queue_timeout_s is not None and now - arrived >= self.queue_timeout_s:
             raise QueueTimeout(f"waited {(now - arrived) * 1000:.0f} ms before it could even be queued")
         job = Job(text, loop.create_future(), arrived)
+        if self.admit:
+            self.admit(job)
         if self.queue_timeout_s is not None:
             job.timer = loop.call_at(arrived + self.queue_timeout_s, self._expire, job)
         self._waiting += 1
@@ -96,6 +123,10 @@ class JobQueue:
             job = await self._jobs.get()
             if job.waiting:
                 return self._start(job)
+
+    def waiting_jobs(self) -> list[Job]:
+        """The jobs still to be started, oldest first (without taking them)."""
+        return [job for job in self._jobs.queued() if job.waiting]
 
     def get_nowait(self) -> Job:
         while True:

@@ -27,8 +27,30 @@ class Metrics:
                                     ["kind"], registry=registry)
         self.batches = Counter("servelab_batches", "Batches by why they closed", ["close_reason"],
                                registry=registry)
+        self.refusals = Counter("servelab_refusals", "Requests refused by the circuit breaker or the plan, "
+                                "by reason: queue_full and predicted_late (503), late_on_arrival and "
+                                "queue_timeout (504)", ["reason"], registry=registry)
         self.loop_lag = Histogram("servelab_event_loop_lag_seconds", "How late a periodic timer fires: "
                                   "the time the event loop was blocked", buckets=SECONDS, registry=registry)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class PlanMetrics:
+    """What slo_aware's plan predicted, beside what happened, in the server's own registry."""
+
+    def __init__(self, registry: CollectorRegistry):
+        self.objective = Gauge("servelab_plan_objective_seconds", "The latency objective (--slo-ms)",
+                               registry=registry)
+        self.cost = Gauge("servelab_plan_cost_model", "The cost model t(b, L) = a + k*b*L refitted from the "
+                          "batches run: a in seconds, k in seconds per padded token", ["param"],
+                          registry=registry)
+        self.predicted = Histogram("servelab_plan_predicted_latency_seconds", "Arrival to answer, as "
+                                   "predicted at admission", buckets=SECONDS, registry=registry)
+        self.actual = Histogram("servelab_plan_actual_latency_seconds", "Arrival to answer, as it "
+                                "happened, for the same requests", buckets=SECONDS, registry=registry)
+        self.late = Counter("servelab_plan_late", "Requests admitted as on time and answered past the "
+                            "objective: the prediction was wrong", registry=registry)
+        self.passes = Counter("servelab_plan_forward_passes", "Forward passes (micro-batches) the plan ran",
+                              registry=registry)

@@ -149,11 +149,15 @@ class LoadedModel:
             if tokens > self.max_tokens:
                 raise BadInput(f"input is {tokens} tokens long; this model takes at most {self.max_tokens}")
 
+    def token_lengths(self, texts: list[str]) -> list[int]:
+        """Each input's length in tokens, as the model will see it (truncated where it truncates)."""
+        encoded = self.pipe.tokenizer(texts, truncation=True, max_length=self.max_tokens)
+        return [len(ids) for ids in encoded["input_ids"]]
+
     def token_counts(self, texts: list[str]) -> tuple[int, int]:
         """(real tokens, padded token positions) of these inputs run as one batch: the pipeline
         pads every input to the batch's longest, and the model computes the padding too."""
-        encoded = self.pipe.tokenizer(texts, truncation=True, max_length=self.max_tokens)
-        lengths = [len(ids) for ids in encoded["input_ids"]]
+        lengths = self.token_lengths(texts)
         return sum(lengths), max(lengths, default=0) * len(lengths)
 
     def predict(self, texts: list[str]) -> list[Any]:

@@ -14,3 +14,6 @@ NOTEBOOKS = REPO / "notebooks"
 
 # The teaching variants, in the order the walkthrough introduces them.
 VARIANTS = ["naive", "per_get_timeout", "deadline", "capped_batch", "thread_offloaded"]
+# Past the guide: thread_offloaded with its batches planned against a latency objective (notebook 07).
+BEYOND_THE_GUIDE = ["slo_aware"]
+ALL_VARIANTS = VARIANTS + BEYOND_THE_GUIDE

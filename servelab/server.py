@@ -22,6 +22,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from servelab import jobs
 from servelab.jobs import Job, JobQueue, QueueFull, QueueTimeout, ServiceUnavailable, new_request_id
 from servelab.metrics import Metrics
 from servelab.models import BadInput
@@ -72,6 +73,7 @@ class Server:
         self.closing = False
         self.loop_task: asyncio.Task | None = None
         self.loop_error: str | None = None
+        self.starting: str | None = None  # why /health is not ready yet (a variant measuring its model)
         self.batch_count = 0
         self.running_batch: list[Job] = []  # started, not yet answered: a dying loop must answer them
         self.mean_batch_size = 1.0
@@ -192,10 +194,16 @@ class Server:
             raise RequestError(503, self.loop_error or "the server is shutting down")
         try:
             return self.queue.put(text, ARRIVED.get())
+        except jobs.WillBeLate as exc:
+            self.metrics.refusals.labels("predicted_late").inc()
+            raise RequestError(503, f"server overloaded: {exc}",
+                               {"Retry-After": str(exc.retry_after_s)}) from None
         except QueueFull as exc:
+            self.metrics.refusals.labels("queue_full").inc()
             raise RequestError(503, f"server overloaded: {exc} (--max-queue {self.queue.max_queue})",
                                {"Retry-After": str(self.retry_after_s())}) from None
         except QueueTimeout as exc:
+            self.metrics.refusals.labels("late_on_arrival").inc()
             raise RequestError(504, str(exc)) from None
 
     async def answer(self, job: Job, request: Request) -> Response:
@@ -214,6 +222,7 @@ class Server:
             return Response(encode_json(job.future.result()), media_type="application/json",
                             headers={"X-Request-ID": job.id})
         if isinstance(error, QueueTimeout):
+            self.metrics.refusals.labels("queue_timeout").inc()
             raise RequestError(504, str(error), request_id=job.id)
         if isinstance(error, ServiceUnavailable):
             raise RequestError(503, str(error), request_id=job.id)
@@ -282,6 +291,8 @@ class Server:
     async def health(self, request: Request) -> Response:
         if self.loop_error or self.closing or self.loop_task is None or self.loop_task.done():
             return JSONResponse({"status": "unavailable", "reason": self.loop_error or "not serving"}, 503)
+        if self.starting:
+            return JSONResponse({"status": "starting", "reason": self.starting}, 503)
         return JSONResponse({"status": "ok", "queue_depth": self.queue.qsize()})
 
     async def info(self, request: Request) -> Response:

@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from servelab import cli
-from servelab.paths import VARIANTS, VARIANTS_DIR
+from servelab.paths import ALL_VARIANTS, VARIANTS_DIR
 from servelab.process import free_port
 from servelab.server import Server
 from tests.fakes import FakeModel
@@ -37,8 +37,8 @@ def serve_in_thread(variant: str, args: list[str] = (), model=None):
     thread.start()
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 10
-    while not uv.started:
-        assert time.monotonic() < deadline, "in-thread server did not start"
+    while not uv.started or httpx.get(url + "/health", timeout=5).status_code != 200:
+        assert time.monotonic() < deadline, "in-thread server did not start"  # (or is not ready)
         time.sleep(0.01)
     try:
         yield url, server
@@ -48,7 +48,7 @@ def serve_in_thread(variant: str, args: list[str] = (), model=None):
         assert not thread.is_alive(), "server thread did not stop"
 
 
-@pytest.fixture(params=VARIANTS)
+@pytest.fixture(params=ALL_VARIANTS)
 def variant(request) -> str:
     return request.param
 
@@ -69,6 +69,11 @@ def default_model():
 
 # For tests of correctness under a burst: thread_offloaded's default breaker would shed some.
 BREAKER_OFF = ["--max-queue", "0", "--queue-timeout-ms", "0"]
+
+
+def breaker_off(variant: str) -> list[str]:
+    """BREAKER_OFF, and slo_aware's admission off too: it would refuse part of a burst."""
+    return BREAKER_OFF + (["--without", "admission"] if variant == "slo_aware" else [])
 
 
 def post(url: str, body: bytes | str, **kwargs) -> httpx.Response:

@@ -11,9 +11,11 @@ import time
 
 class FakeModel:
     task = "fake"
+    mask_token = None
 
-    def __init__(self, batch_seconds: float = 0.0, crash: bool = False):
+    def __init__(self, batch_seconds: float = 0.0, crash: bool = False, cost=None):
         self.batch_seconds = batch_seconds  # how long predict() blocks, per batch
+        self.cost = cost  # a CostModel: then predict() blocks a + k * b * (longest input's words)
         self.crash = crash  # raise from predict itself: simulates a bug that kills the loop
         self.batches: list[tuple[float, list[str]]] = []  # (start time, inputs) per call
         self.lock = threading.Lock()
@@ -25,8 +27,11 @@ class FakeModel:
     def check_input(self, text: str) -> None:
         pass
 
+    def token_lengths(self, texts: list[str]) -> list[int]:
+        return [len(t.split()) for t in texts]  # a word per token: enough to check the counting
+
     def token_counts(self, texts: list[str]) -> tuple[int, int]:
-        lengths = [len(t.split()) for t in texts]  # a word per token: enough to check the counting
+        lengths = self.token_lengths(texts)
         return sum(lengths), max(lengths, default=0) * len(lengths)
 
     def predict(self, texts: list[str]) -> list:
@@ -34,7 +39,8 @@ class FakeModel:
             self.batches.append((time.monotonic(), list(texts)))
         if self.crash:
             raise RuntimeError("simulated bug in the model loop")
-        time.sleep(self.batch_seconds)
+        time.sleep(self.cost.seconds(len(texts), max(self.token_lengths(texts))) if self.cost
+                   else self.batch_seconds)
         return [ValueError("poisoned input") if "POISON" in t else {"echo": t} for t in texts]
 
     @property

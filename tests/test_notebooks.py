@@ -15,7 +15,7 @@ from servelab import notebook as nb
 
 NOTEBOOKS = nb.notebooks()
 NAMES = ["01_naive_server", "02_dynamic_batching", "03_blocking_the_event_loop", "04_circuit_breaking",
-         "05_choosing_a_variant", "06_physics_of_batching"]
+         "05_choosing_a_variant", "06_physics_of_batching", "07_planning_against_an_objective"]
 
 
 def test_the_notebooks_are_there_in_order():

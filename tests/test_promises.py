@@ -46,6 +46,10 @@ PROMISES = {
     '`--max-queue N`': [
         'test_breaker.py::test_max_queue_sheds_the_excess_at_once_and_never_holds_more_than_the_limit',
     ],
+    '`slo_aware.py`: predicted to be answered later': [
+        'test_slo_aware.py::test_admission_refuses_exactly_the_requests_predicted_to_miss',
+        'test_slo_aware.py::test_a_request_that_can_no_longer_make_it_gets_504_and_is_not_computed',
+    ],
     'not started within `--queue-timeout-ms`': [
         'test_breaker.py::test_queue_timeout_answers_504_on_time_while_the_model_is_busy_and_never_computes_it',
         'test_jobs.py::test_a_request_already_late_when_queued_gets_504_at_once',

@@ -12,9 +12,9 @@ import httpx
 import numpy as np
 import pytest
 
-from servelab.paths import VARIANTS, VARIANTS_DIR
+from servelab.paths import ALL_VARIANTS, VARIANTS_DIR
 from servelab.process import ServerProcess
-from tests.conftest import BREAKER_OFF, post
+from tests.conftest import breaker_off, post
 
 WORDS = [
     "alpha", "river", "quiet", "engine", "purple", "market",
@@ -49,7 +49,7 @@ def shared_sections(path) -> dict[str, str]:
 def test_the_request_path_is_identical_in_every_variant():
     reference = shared_sections(VARIANTS_DIR / "naive.py")
     assert set(reference) == {"build_app", "main"}
-    for name in VARIANTS[1:]:
+    for name in ALL_VARIANTS[1:]:
         assert shared_sections(VARIANTS_DIR / f"{name}.py") == reference, f"{name}.py drifted from naive.py"
 
 
@@ -59,8 +59,10 @@ def test_help_explains_each_flag(variant):
     assert result.returncode == 0, result.stderr
     for flag in ("--host", "--port", "--model", "--task", "--device", "--max-queue", "--queue-timeout-ms"):
         assert flag in result.stdout
-    assert ("--max-wait-ms" in result.stdout) == (variant != "naive")
-    assert ("--max-batch-size" in result.stdout) == (variant in ("capped_batch", "thread_offloaded"))
+    assert ("--max-wait-ms" in result.stdout) == (variant not in ("naive", "slo_aware"))
+    capped = ("capped_batch", "thread_offloaded", "slo_aware")
+    assert ("--max-batch-size" in result.stdout) == (variant in capped)
+    assert ("--slo-ms" in result.stdout) == (variant == "slo_aware")
 
 
 @pytest.mark.parametrize("model", ["/no/such/folder", "someone/not-in-the-cache"])
@@ -79,7 +81,7 @@ def test_a_model_that_cannot_be_had_is_one_clear_line_and_a_nonzero_exit(model):
 def test_concurrent_requests_each_get_the_embedding_of_their_own_input(variant, default_model):
     bodies = distinct_inputs(200)
     expected = np.array([default_model.predict([text])[0] for text in bodies])
-    with ServerProcess(variant, BREAKER_OFF) as server:
+    with ServerProcess(variant, breaker_off(variant)) as server:
         replies = asyncio.run(post_all(server.url, bodies))
         log = server.output()
     assert [r.status_code for r in replies] == [200] * len(bodies)
@@ -95,7 +97,7 @@ def test_fill_mask_answers_like_a_direct_call_and_rejects_bad_inputs(variant, ti
 
     direct = load_model(str(tiny_fill_mask_model), device="cpu")
     bodies = [f"{text} [MASK] ." for text in distinct_inputs(40)]
-    with ServerProcess(variant, ["--model", str(tiny_fill_mask_model), *BREAKER_OFF]) as server:
+    with ServerProcess(variant, ["--model", str(tiny_fill_mask_model), *breaker_off(variant)]) as server:
         info = httpx.get(server.url + "/info").json()
         replies = asyncio.run(post_all(server.url, bodies))
         bad = {
@@ -117,7 +119,7 @@ def test_fill_mask_answers_like_a_direct_call_and_rejects_bad_inputs(variant, ti
     assert {"score", "token", "token_str", "sequence"} <= set(good.json()[0])
 
 
-@pytest.mark.parametrize("variant", ["naive", "thread_offloaded"])
+@pytest.mark.parametrize("variant", ["naive", "thread_offloaded", "slo_aware"])
 def test_sigterm_under_load_answers_everyone_and_exits_in_seconds(variant):
     bodies = distinct_inputs(150)
     with ServerProcess(variant) as server:

@@ -14,6 +14,7 @@ COLORS = {
     "deadline": "tab:blue",
     "capped_batch": "tab:green",
     "thread_offloaded": "tab:purple",
+    "slo_aware": "tab:red",
 }
 STATUS_COLORS = {"200": "tab:green", "503": "tab:orange", "504": "tab:red", "other": "tab:gray"}
 

@@ -1,0 +1,262 @@
+"""SLO-aware: thread_offloaded, with every batch planned against a latency objective.
+
+thread_offloaded's knobs (a 2 ms wait, a cap of 16, a queue of 64) know nothing of time. Here one
+number decides, --slo-ms, through a cost model t(b, L) = a + k*b*L of one forward pass over b
+inputs padded to L tokens, refitted from the batches this server actually ran:
+
+- sizing: a batch takes as many queued requests as can be answered while the oldest still meets
+  the objective (Clipper sizes batches against an objective too, by trial; this plans);
+- sorting: the batch is sorted by length and cut into micro-batches wherever the padding saved
+  pays for another forward pass (TEI batches by tokens for the same reason);
+- admission: a request that would be answered past the objective gets 503 at once, with a
+  Retry-After from the same prediction, and one that can no longer make it is answered 504
+  rather than computed: no work that will certainly be late is done.
+
+`--without sizing|sorting|admission` turns one part off, to measure what it is worth.
+
+Run:    python server_variants/slo_aware.py --slo-ms 150
+Query:  curl -X POST -d "the weather is nice today" http://127.0.0.1:8000/
+"""
+
+import asyncio
+import contextlib
+import logging
+import math
+import statistics
+import time
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.routing import Route
+
+from servelab import cli
+from servelab.costmodel import CostModel, OnlineCost, fit
+from servelab.jobs import Job, JobQueue, QueueTimeout, WillBeLate
+from servelab.metrics import PlanMetrics
+from servelab.server import Server
+
+VARIANT = "slo_aware"
+DEFAULTS = {
+    "max_batch_size": 256,
+    "max_batch_size_help": "requests per planned batch at most (with --without sizing, the fixed cap)",
+    "max_batch_tokens": 16384,
+    "slo_ms": None,
+    # No queue limit and no fixed timeout: admission bounds the queue by predicted time, and the
+    # objective is the queue timeout, as a backstop for a prediction that was wrong.
+    "max_connections": 1000,
+}
+OBJECTIVE_PER_INPUT = 10  # default objective: 10x one input's measured time, as results/ judge it
+MIN_DEFAULT_OBJECTIVE_MS = 20.0  # an HTTP round trip through Python takes a few ms whatever the model
+
+MEASURED_SENTENCE = "the quick brown fox jumps over the lazy dog while a small bird sings"
+
+log = logging.getLogger("slo_aware")
+
+
+class Plan:
+    """The objective, the cost model and the work already promised: what each decision reads."""
+
+    def __init__(self, server: Server):
+        settings = server.settings
+        self.server, self.queue, self.model = server, server.queue, server.model
+        self.max_batch_size, self.max_batch_tokens = settings.max_batch_size, settings.max_batch_tokens
+        self.parts = {"sizing", "sorting", "admission"} - set(settings.without or [])
+        self.cost: OnlineCost | None = None  # measured by start()
+        self.slo_s = math.inf
+        self.busy_until = 0.0  # when the batch being computed is predicted to end
+        # Recent padded/real tokens and requests per forward pass, for admission's estimate of
+        # how the queue will be cut into passes.
+        self.padding, self.per_pass = 1.0, 1.0
+        self.metrics = PlanMetrics(server.metrics.registry)
+
+    async def start(self) -> None:
+        """Measure the model once: the first cost model, and the default objective."""
+        settings = self.server.settings
+        first, one_input_s = await asyncio.to_thread(measure_first_cost, self.model)
+        if settings.slo_ms is None:
+            measured_ms = round(OBJECTIVE_PER_INPUT * one_input_s * 1000, 1)
+            settings.slo_ms = max(MIN_DEFAULT_OBJECTIVE_MS, measured_ms)
+        self.slo_s = settings.slo_ms / 1000
+        if settings.queue_timeout_ms is None:  # not given: the objective is the backstop (0 is off)
+            self.queue.queue_timeout_s = self.slo_s
+        self.cost = OnlineCost(first)
+        self.metrics.objective.set(self.slo_s)
+        log.info("objective %.0f ms (one input took %.1f ms at start-up); "
+                 "t(b, L) = %.2f ms + %.2f us x b x L",
+                 settings.slo_ms, one_input_s * 1000, first.a * 1000, first.k * 1e6)
+
+    # -- admission: on the event loop, before a request is queued --------------------------
+
+    def admit(self, job: Job) -> None:
+        job.tokens = self.model.token_lengths([job.text])[0]
+        if "admission" not in self.parts or self.cost is None:  # not measured yet: it waits
+            return
+        job.predicted_done = self.predicted_done(job)
+        late_s = job.predicted_done - (job.arrived + self.slo_s)
+        if late_s > 0:
+            raise WillBeLate(
+                f"it would be answered in {(job.predicted_done - job.arrived) * 1000:.0f} ms; "
+                f"the objective is {self.slo_s * 1000:.0f} ms",
+                retry_after_s=max(1, math.ceil(late_s)),  # by then the work ahead has shrunk by late_s
+            )
+
+    def predicted_done(self, job: Job) -> float:
+        """The batch being computed, then everything queued, then this job: all of it padded and
+        cut into forward passes as recent batches were."""
+        ahead = self.queue.waiting_jobs()
+        tokens = job.tokens + sum(j.tokens for j in ahead)
+        passes = math.ceil((len(ahead) + 1) / self.per_pass)
+        start = max(asyncio.get_running_loop().time(), self.busy_until)
+        return start + passes * self.cost.model.a + self.cost.model.k * self.padding * tokens
+
+    # -- sizing and sorting: by the worker, when the model is free -------------------------
+
+    def seconds(self, passes: list[list[Job]]) -> float:
+        """Predicted time to compute these passes, one after the other (inputs sorted by length)."""
+        return sum(self.cost.seconds(len(part), max(j.tokens for j in part)) for part in passes)
+
+    def fits(self, jobs: list[Job], now: float) -> bool:
+        """Could these jobs be answered by the oldest one's objective, within the batch limits?"""
+        longest = max(j.tokens for j in jobs)
+        if len(jobs) > 1 and (len(jobs) > self.max_batch_size or len(jobs) * longest > self.max_batch_tokens):
+            return False  # one input always fits: it is never longer than the model's maximum
+        deadline = jobs[0].arrived + self.slo_s
+        if now + self.cost.seconds(len(jobs), longest) <= deadline:
+            return True  # as one pass; the best cut is never slower
+        return "sorting" in self.parts and now + self.seconds(self.split(jobs)) <= deadline
+
+    def split(self, jobs: list[Job]) -> list[list[Job]]:
+        """Sorted by length, then cut where the padding saved is worth another pass: the cheapest
+        cut into contiguous runs, by dynamic programming over the points where the length changes."""
+        if "sorting" not in self.parts or len(jobs) == 1:
+            return [jobs]
+        jobs = sorted(jobs, key=lambda j: j.tokens)
+        a, k = self.cost.model.a, self.cost.model.k
+        ends = [i for i in range(1, len(jobs)) if jobs[i].tokens != jobs[i - 1].tokens] + [len(jobs)]
+        best = {0: (0.0, 0)}  # end of a prefix -> (least time to compute it, where its last pass starts)
+        for end in ends:
+            longest = jobs[end - 1].tokens
+            best[end] = min((best[start][0] + a + k * (end - start) * longest, start)
+                            for start in best if start < end)
+        passes, end = [], len(jobs)
+        while end:
+            start = best[end][1]
+            passes.append(jobs[start:end])
+            end = start
+        return passes[::-1]  # shortest first: the shortest inputs are answered soonest
+
+    def observe(self, part: list[Job], seconds: float) -> None:
+        """A forward pass ran: refit the cost model, and compare each answer with its prediction."""
+        real = sum(j.tokens for j in part)
+        padded = len(part) * max(j.tokens for j in part)
+        self.cost.observe(len(part), max(j.tokens for j in part), seconds)
+        self.padding += 0.05 * (padded / max(real, 1) - self.padding)
+        self.per_pass += 0.05 * (len(part) - self.per_pass)
+        self.metrics.passes.inc()
+        self.metrics.cost.labels("a_s").set(self.cost.model.a)
+        self.metrics.cost.labels("k_s_per_token").set(self.cost.model.k)
+        for job in part:
+            if job.predicted_done is None or job.answered is None:
+                continue
+            self.metrics.predicted.observe(job.predicted_done - job.arrived)
+            self.metrics.actual.observe(job.answered - job.arrived)
+            if job.answered - job.arrived > self.slo_s:
+                self.metrics.late.inc()
+
+
+async def collect_batch(queue: JobQueue, plan: Plan) -> tuple[list[Job], str]:
+    """The oldest job, and as many after it as the plan can answer within the oldest's objective."""
+    loop = asyncio.get_running_loop()
+    while True:
+        oldest = await queue.get()
+        now = loop.time()
+        if "admission" in plan.parts and not plan.fits([oldest], now):
+            # It would be late even alone: answer now rather than compute an answer nobody can use.
+            oldest.future.set_exception(QueueTimeout(
+                f"waited {(now - oldest.arrived) * 1000:.0f} ms; computing it would pass the objective"))
+            continue
+        break
+    queued = queue.waiting_jobs()
+    if "sizing" not in plan.parts:
+        take = min(len(queued), plan.max_batch_size - 1)
+    elif plan.fits([oldest, *queued], now):
+        take = len(queued)
+    else:  # the largest prefix of the queue that still fits: cost only grows with the prefix
+        low, high = 0, len(queued) - 1
+        while low < high:
+            middle = (low + high + 1) // 2
+            if plan.fits([oldest, *queued[:middle]], now):
+                low = middle
+            else:
+                high = middle - 1
+        take = low
+    batch = [oldest] + [queue.get_nowait() for _ in range(take)]
+    return batch, "planned" if take < len(queued) else "drained"
+
+
+def measure_first_cost(model, repeats: int = 2) -> tuple[CostModel, float]:
+    """Time one input of two lengths, and eight of the longer (after a warm-up call at each)."""
+    words = MEASURED_SENTENCE.split()
+    points = []
+    for batch_size, length in ((1, 8), (1, 32), (8, 32)):
+        text = " ".join(words[i % len(words)] for i in range(length))
+        if model.mask_token:  # fill-mask needs its mask in every input
+            text = f"{text} {model.mask_token}."
+        texts = [text] * batch_size
+        times = []
+        for _ in range(repeats + 1):
+            start = time.perf_counter()
+            model.predict(texts)
+            times.append(time.perf_counter() - start)
+        points.append({"batch_size": batch_size, "tokens": model.token_lengths([text])[0],
+                       "seconds": statistics.median(times[1:])})
+    cost, _ = fit(points)
+    return cost, points[1]["seconds"]
+
+
+async def model_loop(server: Server) -> None:
+    """The one worker that owns the model: plan a batch, run it pass by pass, answer each request."""
+    server.starting = "measuring the model for the plan"  # /health: 503 until it is done
+    plan = Plan(server)
+    server.queue.admit = plan.admit  # every request is tokenized, and admitted or refused, here
+    await plan.start()
+    server.starting = None
+    loop = asyncio.get_running_loop()
+    while True:
+        batch, close_reason = await collect_batch(server.queue, plan)
+        passes = plan.split(batch)
+        plan.busy_until = loop.time() + plan.seconds(passes)
+        for part in passes:
+            start = server.begin_batch(part, close_reason)
+            # In a worker thread, as in thread_offloaded: the loop keeps admitting and refusing.
+            outcomes = await asyncio.to_thread(server.model.predict, [job.text for job in part])
+            server.end_batch(part, outcomes, start)
+            plan.observe(part, loop.time() - start.at)
+
+
+# The request path and the app below are the same in every variant (tests/test_variants.py).
+
+
+def build_app(server: Server) -> Starlette:
+    async def predict(request: Request):
+        """The guide's handler: queue this input, then wait for its own answer."""
+        text = await server.read_input(request)  # 400 or 413, with a one-line reason
+        job = server.enqueue(text)  # 503 at once if the server cannot take it
+        return await server.answer(job, request)  # 200, or 500, 503 or 504
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette):
+        # Starlette 1.x has no @app.on_event("startup"): the worker starts and stops here.
+        async with server.running(model_loop):
+            yield
+
+    return Starlette(
+        routes=[Route("/", predict, methods=["POST"]), *server.routes],
+        lifespan=lifespan,
+        middleware=server.middleware,
+        exception_handlers=server.exception_handlers,
+    )
+
+
+if __name__ == "__main__":
+    cli.main(VARIANT, __doc__, DEFAULTS, build_app)
