@@ -36,6 +36,7 @@ class Settings:
     max_batch_size: int | None = None
     slo_ms: float | None = None  # slo_aware's plan; None there: measured at start-up
     max_batch_tokens: int | None = None
+    slo_headroom: float | None = None
     without: list[str] | None = None
 
 PLAN_PARTS = ("sizing", "sorting", "admission")
@@ -79,6 +80,9 @@ def build_parser(variant: str, doc: str, defaults: dict) -> argparse.ArgumentPar
                           help="latency objective: every batch is planned, and every request admitted, so "
                           "that it is answered within this many ms of its arrival (default: 10x the "
                           "time of one input, measured at start-up)")
+        plan.add_argument("--slo-headroom", type=float, default=defaults["slo_headroom"],
+                          help="plan against this share less than the objective: what a client waits "
+                          "for outside the server's view (its request read, its answer written)")
         plan.add_argument("--max-batch-tokens", type=int, default=defaults["max_batch_tokens"],
                           help="a batch holds at most this many padded token positions (TEI's "
                           "max_batch_tokens): what bounds its memory")
