@@ -1,6 +1,7 @@
 """The table of slo_aware against the others, from the runs measure.sh made (newest run of each tag).
 
     python results/reference/slo-cpu-2core/table.py [--tag slo] [--runs results/runs]
+    python results/reference/slo-cpu-2core/table.py --runs results/reference/slo-cpu-2core   # curated
 
 Ratios are to each run's own ceiling: the mean of the quick ceilings timed just before and after it
 (its bracket), else the ceiling file. Wasted compute: the share of answers computed and sent
@@ -18,8 +19,10 @@ REPO = Path(__file__).resolve().parents[3]
 CONTENDERS = ["slo_aware", "thread_offloaded", "thread_offloaded_tuned", "capped_batch"]
 
 
-def newest(runs: Path, tag: str) -> dict | None:
-    found = sorted(runs.glob(f"*_{tag}"))
+def newest(runs: Path, tag: str, name: str) -> dict | None:
+    """The newest finished run called <time>_<variant>_<commit>_TAG_NAME, or the curated folder NAME."""
+    found = [*sorted(runs.glob(f"*_{tag}_{name}")), runs / name]
+    found = [p for p in found if (p / "summary.json").is_file()]
     return json.loads((found[-1] / "summary.json").read_text()) if found else None
 
 
@@ -51,7 +54,7 @@ def main() -> None:
     rows = ["| server | max rate, p99 <= objective | goodput 2x | goodput 4x | p50 at 10% | late answers 2x "
             "(wasted compute) | refused 2x |", "|---|---|---|---|---|---|---|"]
     for name in CONTENDERS:
-        get = {load: newest(args.runs, f"{args.tag}_{name}_{load}")
+        get = {load: newest(args.runs, args.tag, f"{name}_{load}")
                for load in ("maxrate", "2x", "4x", "low")}
         m = get["maxrate"]
         max_rate = (f"{m['max_sustainable_rate']:.1f}/s = {m['max_sustainable_rate'] / ceiling(m):.2f}"
@@ -62,10 +65,10 @@ def main() -> None:
     rows += ["", "| slo_aware at 2x | achieved / ceiling | goodput / ceiling | padding | mean batch |",
              "|---|---|---|---|---|"]
     parts = ("sorting", "sizing", "admission")
-    ablation = [("all parts", f"{args.tag}_slo_aware_2x")]
-    ablation += [(f"without {part}", f"{args.tag}_without_{part}_2x") for part in parts]
-    for label, tag in ablation:
-        s = newest(args.runs, tag)
+    ablation = [("all parts", "slo_aware_2x")] + [(f"without {part}", f"without_{part}_2x") for part in parts]
+    ablation.append(("without sizing nor sorting", "without_sizing_sorting_2x"))
+    for label, name in ablation:
+        s = newest(args.runs, args.tag, name)
         if s:
             rows.append(f"| {label} | {s['ceiling_ratio']:.2f} | {goodput(s)} | {s['padding_share']:.0%} | "
                         f"{s['mean_batch_size']:.1f} |")
