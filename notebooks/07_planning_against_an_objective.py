@@ -110,8 +110,9 @@ for p in sorted(points, key=lambda p: (p["variant"], p["offered_rate"])):
            "p99_ms": p["p99_ms_counting_errors"], "refused": p["error_fraction"],
            "late_share": late / p["ok"] if p["ok"] else 0.0}
     table.append(row)
+    p99 = f"{row['p99_ms']:9.0f}" if row["p99_ms"] is not None else f"{'(errors)':>9}"  # over 1% refused
     print(f"{row['variant']:18}{row['load']:6.1f}{row['goodput_ratio']:17.2f}{row['p50_ms']:9.1f}"
-          f"{row['p99_ms']:9.0f}{row['refused']:9.0%}{row['late_share']:11.1%}")
+          f"{p99}{row['refused']:9.0%}{row['late_share']:11.1%}")
 nb.write_csv(OUT / "contenders_table.csv", table)
 
 # %% [markdown]
