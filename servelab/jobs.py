@@ -76,11 +76,10 @@ class JobQueue:
     to refuse it. Where a variant plans (slo_aware), it is the admission rule.
     """
 
-    def __init__(self, max_queue: int | None = None, queue_timeout_s: float | None = None,
-                 admit: Callable[[Job], None] | None = None):
+    def __init__(self, max_queue: int | None = None, queue_timeout_s: float | None = None):
         self.max_queue = max_queue
         self.queue_timeout_s = queue_timeout_s
-        self.admit = admit
+        self.admit: Callable[[Job], None] | None = None  # set by the variant's model loop
         self._jobs: _Jobs = _Jobs()
         self._waiting = 0  # jobs in _jobs still to be started: the breaker's signal
 

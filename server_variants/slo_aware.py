@@ -152,10 +152,9 @@ class Plan:
 
     def observe(self, part: list[Job], seconds: float) -> None:
         """A forward pass ran: refit the cost model, and compare each answer with its prediction."""
-        real = sum(j.tokens for j in part)
-        padded = len(part) * max(j.tokens for j in part)
-        self.cost.observe(len(part), max(j.tokens for j in part), seconds)
-        self.padding += 0.05 * (padded / max(real, 1) - self.padding)
+        longest = max(j.tokens for j in part)
+        self.cost.observe(len(part), longest, seconds)
+        self.padding += 0.05 * (len(part) * longest / max(sum(j.tokens for j in part), 1) - self.padding)
         self.per_pass += 0.05 * (len(part) - self.per_pass)
         self.metrics.passes.inc()
         self.metrics.cost.labels("a_s").set(self.cost.model.a)
