@@ -72,6 +72,21 @@ def test_run_writes_manifest_requests_and_a_sane_summary(tmp_path):
     assert summary["above_ceiling"] is False
 
 
+def test_a_load_shared_by_two_locust_processes(tmp_path):
+    load = Load.open(rate=10, duration_s=3, arrivals="uniform", processes=2)
+    setup = Setup(results_dir=tmp_path, ceiling=70.0, bracket=False)
+    result = run("deadline", {"max_wait_ms": 2}, load, setup, progress=None)
+
+    rows = result.requests()
+    assert {r["user"] for r in rows} == {"open@0", "open@1"}
+    assert len({(r["user"], r["seq"]) for r in rows}) == len(rows) >= 25
+    assert all(r["status"] == 200 for r in rows)
+    sends = [r["intended_send_s"] for r in rows]
+    assert sends == sorted(sends)
+    assert result.summary["achieved_rate"] == pytest.approx(10, rel=0.15)
+    assert 0 < result.summary["loadgen_cpu_share"] < 2
+
+
 def test_a_server_that_dies_gives_its_log(tmp_path):
     # deadline.py has no --max-batch-size: argparse exits, and the error says why.
     with (

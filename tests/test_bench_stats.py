@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 
 from servelab.bench import Bracket, Ceiling, corpus, stats
 from servelab.bench.cpuwatch import CpuWatch
-from servelab.bench.loadgen import Load, LocustRun
+from servelab.bench.loadgen import Load, LocustRun, merge_request_logs
 from servelab.bench.sweep import SweepError, parse_rate
 from servelab.paths import LOADTESTS
 
@@ -209,6 +209,27 @@ def test_load_arguments():
         Load.open(rate=0).locust_args()
 
 
+def test_a_load_shared_among_locust_processes():
+    # n Poisson streams at rate/n are one Poisson stream at the rate; users are dealt out.
+    assert Load.open(rate=90, processes=3).part(2).rate == 30
+    assert Load.open(rate=90, processes=3).part(2).processes == 1
+    assert [Load.steady(users=5, processes=2).part(i).users for i in (0, 1)] == [3, 2]
+    assert Load.spike(capacity_rate=100, processes=4).part(0).capacity_rate == 25
+    assert Load.open(rate=90).part(0) == Load.open(rate=90)
+    with pytest.raises(ValueError, match="one Locust process"):
+        Load(scenario="ramp", rate=None, processes=2).part(0)
+
+
+def test_request_logs_merge_in_order_of_intended_send(tmp_path):
+    header = "seq,user,intended_send_s,actual_send_s\n"
+    (tmp_path / "a.csv").write_text(header + "0,open,1.0,1.0\n1,open,3.0,3.0\n")
+    (tmp_path / "b.csv").write_text(header + "0,open,2.0,2.0\n")
+    merge_request_logs([tmp_path / "a.csv", tmp_path / "b.csv"], tmp_path / "all.csv")
+    lines = (tmp_path / "all.csv").read_text().splitlines()
+    assert lines[1:] == ["0,open@0,1.0,1.0", "0,open@1,2.0,2.0", "1,open@0,3.0,3.0"]
+    assert not (tmp_path / "a.csv").exists()  # the parts are gone once merged
+
+
 def test_corpus_masks_and_spread():
     prompts = corpus.load_prompts()
     assert len(prompts) == 1000
@@ -280,6 +301,6 @@ def test_the_load_generators_share_is_taken_from_first_send_to_last_answer():
     watch.samples = [(float(t), 0.1 * t) for t in range(30)]  # 10% of a core throughout
     watch.samples[0] = (0.0, -2.0)  # start-up before the first send: left out
     rows = [{"actual_send_s": 5.0, "latency_ms": 100.0}, {"actual_send_s": 9.0, "latency_ms": 11_000.0}]
-    run = LocustRun(argv=[], request_log=Path("unused"), cpu=watch)
+    run = LocustRun(argv=[], request_log=Path("unused"), cpus=[watch])
     assert run.cpu_share(rows) == pytest.approx(0.1)
     assert run.cpu_share([]) is None

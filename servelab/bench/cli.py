@@ -150,6 +150,13 @@ def add_load_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--duration", type=float, default=10.0, help="seconds of load (open and steady)")
     for name in PASSED_ON:
         LOAD_OPTIONS.add_option(group, name)
+    group.add_argument(
+        "--load-processes",
+        type=int,
+        default=1,
+        help="Locust processes sharing the load, one per load-generator core in turn: one process "
+        "sends about a thousand requests a second at most (open, steady and spike loads)",
+    )
     # Locust's default capacity is a placeholder; here the measured ceiling stands in for it.
     LOAD_OPTIONS.add_option(
         group,
@@ -160,7 +167,7 @@ def add_load_options(parser: argparse.ArgumentParser) -> None:
 
 
 def load_options(args) -> dict:
-    return {name: getattr(args, name) for name in PASSED_ON}
+    return {name: getattr(args, name) for name in PASSED_ON} | {"processes": args.load_processes}
 
 
 def server_args(args, extra: list[str]) -> list[str]:

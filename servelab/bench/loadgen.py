@@ -10,6 +10,8 @@ import math
 import os
 import subprocess
 import sys
+import time
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -69,6 +71,9 @@ class Load:
     late_ms: float = DEFAULTS["late_ms"]
     request_timeout_s: float = DEFAULTS["request_timeout_s"]
     drain_s: float = DEFAULTS["drain_s"]
+    # Locust processes sharing the load. One gevent process tops out near a thousand or two
+    # requests a second; a GPU server needs several. Each runs its own share (see part()).
+    processes: int = 1
 
     @classmethod
     def open(cls, rate: float, duration_s: float = 10.0, **kwargs) -> Load:
@@ -84,6 +89,24 @@ class Load:
 
     def at_rate(self, rate: float) -> Load:
         return replace(self, scenario="open", rate=rate, users=None)
+
+    def part(self, index: int) -> Load:
+        """The share of this load that Locust process `index` of `processes` runs.
+
+        Open and spike loads split the rate: n independent Poisson streams at rate/n add up to
+        one Poisson stream at the full rate. A steady load splits its users.
+        """
+        n = self.processes
+        if n == 1:
+            return self
+        if self.scenario == "open":
+            return replace(self, rate=self.rate / n, processes=1)
+        if self.scenario == "spike":
+            return replace(self, capacity_rate=self.capacity_rate / n, processes=1)
+        if self.scenario == "steady":
+            users = self.users // n + (1 if index < self.users % n else 0)
+            return replace(self, users=users, processes=1)
+        raise ValueError(f"a {self.scenario} load runs in one Locust process (processes=1)")
 
     def offered_rate(self) -> float | None:
         """Mean offered rate of an open-loop load (None for closed-loop users)."""
@@ -169,50 +192,103 @@ def run_locust(
     timeout_s: float | None = None,
 ) -> LocustRun:
     """Run Locust to the end of the load; return its argv, the per-request CSV path, and the
-    CPU it used (sampled while it ran)."""
+    CPU it used (sampled while it ran).
+
+    With load.processes > 1, that many Locust processes each run their part of the load, with
+    seeds of their own, each pinned to one of `cores` in turn; their request logs are merged.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
     request_log = out_dir / "requests.csv"
-    log = out_dir / "locust.log"
-    argv = locust_argv(host, load, request_log, seed)
     if timeout_s is None:
         timeout_s = expected_seconds(load) + load.drain_s + 60
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            argv,
-            cwd=REPO,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=dict(os.environ, PYTHONUNBUFFERED="1"),
-            start_new_session=True,
-            preexec_fn=pinning(cores),
-        )
-        try:
-            with CpuWatch(process.pid) as cpu:
-                code = process.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            stop_group(process)
-            raise LoadError(
-                f"locust still running after {timeout_s:.0f} s; stopped. Log:\n{tail(log)}"
-            ) from None
-        finally:
-            if process.poll() is None:  # an exception or Ctrl-C in this process
-                stop_group(process)
-    if code != 0 or not request_log.is_file():
-        raise LoadError(f"locust exited with code {code}. Log:\n{tail(log)}")
-    return LocustRun(argv, request_log, cpu)
+    n = load.processes
+    if n < 1:
+        raise ValueError("a load needs at least one Locust process")
+    if n > 1 and load.scenario == "steady" and load.users < n:
+        raise ValueError(f"{load.users} users cannot be shared among {n} Locust processes")
+    parts = []
+    for index in range(n):
+        log_path = request_log if n == 1 else out_dir / f"requests-{index}.csv"
+        console = out_dir / ("locust.log" if n == 1 else f"locust-{index}.log")
+        # Process 0 keeps the run's seed, so that one process draws what a plain run draws.
+        argv = locust_argv(host, load.part(index), log_path, seed + PART_SEED_STRIDE * index)
+        own_cores = cores if n == 1 or not cores else [cores[index % len(cores)]]
+        parts.append((argv, log_path, console, own_cores))
+    processes: list[subprocess.Popen] = []
+    with ExitStack() as stack:
+        # Unwound last: whatever still runs after a timeout, an exception or Ctrl-C is stopped.
+        stack.callback(lambda: [stop_group(p) for p in processes if p.poll() is None])
+        watches = []
+        for argv, _, console, own_cores in parts:
+            with console.open("wb") as out:
+                process = subprocess.Popen(
+                    argv,
+                    cwd=REPO,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    env=dict(os.environ, PYTHONUNBUFFERED="1"),
+                    start_new_session=True,
+                    preexec_fn=pinning(own_cores),
+                )
+            processes.append(process)
+            watches.append(stack.enter_context(CpuWatch(process.pid)))
+        deadline = time.monotonic() + timeout_s
+        codes = []
+        for process, (_, _, console, _) in zip(processes, parts, strict=True):
+            try:
+                codes.append(process.wait(timeout=max(0.0, deadline - time.monotonic())))
+            except subprocess.TimeoutExpired:
+                raise LoadError(
+                    f"locust still running after {timeout_s:.0f} s; stopped. Log:\n{tail(console)}"
+                ) from None
+    for code, (_, log_path, console, _) in zip(codes, parts, strict=True):
+        if code != 0 or not log_path.is_file():
+            raise LoadError(f"locust exited with code {code}. Log:\n{tail(console)}")
+    if n > 1:
+        merge_request_logs([log_path for _, log_path, _, _ in parts], request_log)
+    return LocustRun(parts[0][0], request_log, watches)
+
+
+# Locust process i of a multi-process load is seeded with seed + PART_SEED_STRIDE * i.
+PART_SEED_STRIDE = 1_000_003
+
+
+def merge_request_logs(parts: list[Path], merged: Path) -> None:
+    """One request log from several processes' logs, in order of intended send. A row's user
+    gets its process's number ("open@1"), so that (user, seq) still names one request."""
+    rows = []
+    header = None
+    for index, path in enumerate(parts):
+        with path.open(newline="", encoding="utf-8") as f:
+            reader = csv.reader(f)
+            header = next(reader)
+            user = header.index("user")
+            for row in reader:
+                row[user] = f"{row[user]}@{index}"
+                rows.append(row)
+    intended = header.index("intended_send_s")
+    rows.sort(key=lambda row: float(row[intended]))
+    with merged.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        writer.writerows(rows)
+    for path in parts:
+        path.unlink()
 
 
 @dataclass
 class LocustRun:
-    argv: list[str]
+    argv: list[str]  # the first process's, when there are several
     request_log: Path
-    cpu: CpuWatch
+    cpus: list[CpuWatch]  # one per Locust process
 
     def cpu_share(self, rows: list[dict]) -> float | None:
         """Locust's CPU seconds per second while the load ran (first send to last answer),
-        start-up and drain left out: what the ceiling's stand-in replays."""
-        return load_window_share(self.cpu, rows)
+        start-up and drain left out, summed over its processes: what the ceiling's stand-in
+        replays."""
+        shares = [load_window_share(cpu, rows) for cpu in self.cpus]
+        return None if None in shares else sum(shares)
 
 
 def load_window_share(cpu: CpuWatch, rows: list[dict]) -> float | None:
