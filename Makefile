@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo lint test test-fast lab bench ceiling sim-check clean help
+.PHONY: setup demo lint test test-fast lab bench ceiling sim-check gpu-rehearsal clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -41,6 +41,10 @@ bench: $(STAMP)  ## one benchmark run; pass ARGS="--variant thread_offloaded --r
 
 sim-check: $(STAMP)  ## the simulator against measured runs, on this CPU and the emulated H200 (~15 min)
 	PY=$(PY) bash results/reference/sim-vs-measured/measure.sh
+
+gpu-rehearsal: $(STAMP)  ## the GPU reference run's whole plan on this CPU, every step short (~5 min)
+	$(PY) -m servelab gpu-reference --device cpu --scale rehearsal --budget-s 900 \
+		--out results/gpu-reference/rehearsal
 
 clean:  ## remove the virtualenv and caches (keeps results/)
 	rm -rf $(VENV) .pytest_cache *.egg-info

@@ -55,9 +55,9 @@ def variant(request) -> str:
 
 @pytest.fixture(scope="session")
 def tiny_fill_mask_model(tmp_path_factory):
-    from servelab.models import build_tiny_fill_mask_model
+    from servelab.random_models import build_fill_mask_model
 
-    return build_tiny_fill_mask_model(tmp_path_factory.mktemp("tiny-bert"))
+    return build_fill_mask_model(tmp_path_factory.mktemp("tiny-bert"))
 
 
 @pytest.fixture(scope="session")

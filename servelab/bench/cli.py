@@ -1,4 +1,4 @@
-"""The `python -m servelab` command line: bench, ceiling, profile, sweep, simulate.
+"""The `python -m servelab` command line: bench, ceiling, profile, sweep, simulate, gpu-reference.
 
     python -m servelab bench --variant deadline --max-wait-ms 2 --rate 20 --duration 10
     python -m servelab bench --variant deadline --users 8 --duration 10          # closed loop
@@ -22,6 +22,7 @@ from servelab.bench.ceiling import DEFAULT_BATCH_SIZES, DEFAULT_LOADGEN_DUTY
 from servelab.bench.loadgen import LOAD_OPTIONS
 from servelab.bench.profile import DEFAULT_LENGTHS as PROFILE_LENGTHS
 from servelab.bench.setup import Setup
+from servelab.gpu_reference.cli import add_parser as add_gpu_reference_parser
 from servelab.paths import RESULTS
 from servelab.sim.cli import add_parser as add_simulate_parser
 
@@ -291,6 +292,8 @@ def build_parser() -> argparse.ArgumentParser:
     profile.add_argument("--lengths", type=_csv_list(int), default=list(PROFILE_LENGTHS),
                          help="comma-separated padded lengths (tokens)")
     profile.add_argument("--min-seconds", type=float, default=0.3, help="timed seconds per shape at least")
+    profile.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32",
+                         help="the weights' precision while timed (half precision is for GPUs)")
     profile.add_argument("--out", type=Path, default=None,
                          help="the JSON to write (default: results/profiles/<device>-<model>.json)")
 
@@ -318,6 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_server_options(sweep, as_lists=True)
     add_machine_options(sweep)
     add_simulate_parser(commands, Formatter)
+    add_gpu_reference_parser(commands, Formatter)
     return parser
 
 
@@ -332,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         commands = {"bench": cmd_bench, "ceiling": cmd_ceiling, "profile": cmd_profile, "sweep": cmd_sweep,
-                    "simulate": cmd_simulate, "soak": cmd_soak}
+                    "simulate": cmd_simulate, "soak": cmd_soak, "gpu-reference": cmd_gpu_reference}
         return commands[args.command](args, extra)
     except KeyboardInterrupt:
         print("interrupted; servers stopped", file=sys.stderr)
@@ -445,7 +449,8 @@ def cmd_profile(args, extra: list[str]) -> int:
 
     result = profile.measure(args.model, args.task, args.device, batch_sizes=args.batch_sizes,
                              lengths=args.lengths, min_seconds=args.min_seconds,
-                             torch_threads=args.torch_threads, cores=parse_cores(args.cores, "server"))
+                             torch_threads=args.torch_threads, cores=parse_cores(args.cores, "server"),
+                             dtype=args.dtype)
     out = args.out or RESULTS / "profiles" / f"{result['name']}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
@@ -474,6 +479,12 @@ def cmd_simulate(args, extra: list[str]) -> int:
     from servelab.sim.cli import main as simulate
 
     return simulate(args)
+
+
+def cmd_gpu_reference(args, extra: list[str]) -> int:
+    from servelab.gpu_reference.cli import main as gpu_reference
+
+    return gpu_reference(args)
 
 
 def cmd_sweep(args, extra: list[str]) -> int:

@@ -27,8 +27,10 @@ DEFAULT_LENGTHS = (16, 32, 64)
 
 def measure(model: str | None = None, task: str | None = None, device: str = "auto", *,
             batch_sizes=DEFAULT_BATCH_SIZES, lengths=DEFAULT_LENGTHS, min_seconds: float = 0.3,
-            torch_threads: int = 1, cores: list[int] | None = None, progress=print) -> dict:
-    """Median seconds per forward pass for each (batch size, padded length)."""
+            torch_threads: int = 1, cores: list[int] | None = None, dtype: str = "float32",
+            progress=print) -> dict:
+    """Median seconds per forward pass for each (batch size, padded length), with the model's
+    weights in `dtype` (float16 and bfloat16 are for GPUs: a CPU has no fast path for them)."""
     if cores:
         os.sched_setaffinity(0, cores)
     import torch
@@ -41,6 +43,7 @@ def measure(model: str | None = None, task: str | None = None, device: str = "au
     torch.set_num_threads(torch_threads)
     loaded = load_model(model=model, task=task, device=device)
     net, tokenizer = loaded.pipe.model, loaded.pipe.tokenizer
+    net.to(getattr(torch, dtype))
     on_cuda = loaded.device.startswith("cuda")
     texts = corpus.prepare(corpus.load_prompts(), loaded.mask_token)
     points = []
@@ -66,8 +69,9 @@ def measure(model: str | None = None, task: str | None = None, device: str = "au
     model_fit, errors = fit(points)
     where = {k: v for k, v in machine().items() if k != "executable"}  # no path of this machine
     name_device = (where["gpus"][0].split(",")[0] if on_cuda and where["gpus"] else where["cpu_model"])
+    precision = "" if dtype == "float32" else f"-{dtype}"
     return {
-        "name": re.sub(r"[^a-z0-9]+", "-", f"{loaded.device}-{loaded.name}".lower()).strip("-"),
+        "name": re.sub(r"[^a-z0-9]+", "-", f"{loaded.device}-{loaded.name}{precision}".lower()).strip("-"),
         "device": f"{name_device} ({loaded.device}, {torch_threads} torch thread(s))",
         "model": loaded.name,
         "task": loaded.task,

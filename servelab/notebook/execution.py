@@ -62,13 +62,13 @@ def running(*servers):
 
 
 def tiny_fill_mask_model(folder: Path) -> Path:
-    """A small random-weight BERT masked-LM (servelab.models.build_tiny_fill_mask_model), built
+    """A small random-weight BERT masked-LM (servelab.random_models.build_fill_mask_model), built
     once in a subprocess so this kernel never loads torch."""
     import subprocess
     import sys
 
     folder = Path(folder)
     if not (folder / "config.json").is_file():
-        code = "import sys; from servelab.models import build_tiny_fill_mask_model as b; b(sys.argv[1])"
+        code = "import sys; from servelab.random_models import build_fill_mask_model as b; b(sys.argv[1])"
         subprocess.run([sys.executable, "-c", code, str(folder)], check=True, capture_output=True)
     return folder
