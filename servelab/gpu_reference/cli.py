@@ -33,7 +33,7 @@ def add_parser(commands, formatter) -> None:
     p.add_argument("--locust-cores", default="auto", help="cores for Locust (auto: the other half)")
     p.add_argument("--load-processes", type=int, default=None,
                    help="Locust processes (default: one per Locust core)")
-    p.add_argument("--budget-s", type=float, default=450.0,
+    p.add_argument("--budget-s", type=float, default=480.0,
                    help="no step starts that would end past this; a running one is stopped a minute after")
     p.add_argument("--work", type=Path, default=Path("/tmp/servelab-gpu-reference"),
                    help="where the models are built (too big to keep with the results)")
