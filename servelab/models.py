@@ -140,14 +140,12 @@ class LoadedModel:
 
     def check_input(self, text: str) -> None:
         """Reject, before it is queued, an input that would make the task raise (400, not 500)."""
-        if self.task == "fill-mask":
-            masks = text.count(self.mask_token)
-            if masks != 1:
-                raise BadInput(f"fill-mask needs exactly one {self.mask_token} in the input; found {masks}")
-        if self.task not in TRUNCATING_TASKS:
-            tokens = len(self.pipe.tokenizer(text)["input_ids"])
-            if tokens > self.max_tokens:
-                raise BadInput(f"input is {tokens} tokens long; this model takes at most {self.max_tokens}")
+        check_input(self.pipe.tokenizer, self.task, self.max_tokens, text)
+
+    def encode(self, text: str) -> dict[str, list[int]]:
+        """The input's token ids as the pipeline's own preprocessing makes them (multi_process
+        tokenizes in its front ends and sends these to the model process)."""
+        return encode(self.pipe.tokenizer, self.task, self.max_tokens, text)
 
     def token_lengths(self, texts: list[str]) -> list[int]:
         """Each input's length in tokens, as the model will see it (truncated where it truncates)."""
@@ -166,19 +164,21 @@ class LoadedModel:
         Never raises for a bad input: if the batched call fails, each input is retried alone,
         so one poisoned request fails by itself and its batch-mates still get their answers.
         """
-        try:
-            return self._call(texts)
-        except Exception as exc:
-            if len(texts) == 1:
-                return [exc]  # the server logs its traceback under the request's id
-            log.warning("batch of %d failed (%s); retrying item by item", len(texts), _first_line(exc))
-        outcomes: list[Any] = []
-        for text in texts:
-            try:
-                outcomes.extend(self._call([text]))
-            except Exception as exc:
-                outcomes.append(exc)
-        return outcomes
+        return _each_alone_on_failure(self._call, texts)
+
+    def predict_encoded(self, inputs: list[dict[str, list[int]]]) -> list[Any]:
+        """predict() for inputs already tokenized by encode(): the same outcomes, in order."""
+        return _each_alone_on_failure(self._call_encoded, inputs)
+
+    def _call_encoded(self, inputs: list[dict[str, list[int]]]) -> list[Any]:
+        # The pipeline's own steps after its tokenizer: pad, forward, then postprocess each
+        # input alone, sliced out of the batch as the pipeline's batch loader slices it.
+        pipe = self.pipe
+        _, forward_kwargs, post_kwargs = pipe._sanitize_parameters(**self.call_kwargs)
+        batch = pipe.tokenizer.pad(inputs, return_tensors="pt")
+        outputs = pipe.forward(batch, **{**pipe._forward_params, **forward_kwargs})
+        post_kwargs = {**pipe._postprocess_params, **post_kwargs}
+        return [pipe.postprocess(_one_of(outputs, i), **post_kwargs) for i in range(len(inputs))]
 
     def _call(self, texts: list[str]) -> list[Any]:
         if len(texts) == 1:  # some pipelines (fill-mask) unwrap a one-item list: ask for one item
@@ -187,6 +187,56 @@ class LoadedModel:
         if len(outputs) != len(texts):  # never hand one client another's answer
             raise RuntimeError(f"pipeline returned {len(outputs)} outputs for {len(texts)} inputs")
         return outputs
+
+
+def check_input(tokenizer: Any, task: str, max_tokens: int, text: str) -> None:
+    """BadInput for an input the task would raise on (LoadedModel.check_input, with the tokenizer alone)."""
+    if task == "fill-mask":
+        masks = text.count(tokenizer.mask_token)
+        if masks != 1:
+            raise BadInput(f"fill-mask needs exactly one {tokenizer.mask_token} in the input; found {masks}")
+    if task not in TRUNCATING_TASKS:
+        tokens = len(tokenizer(text)["input_ids"])
+        if tokens > max_tokens:
+            raise BadInput(f"input is {tokens} tokens long; this model takes at most {max_tokens}")
+
+
+def encode(tokenizer: Any, task: str, max_tokens: int, text: str) -> dict[str, list[int]]:
+    """One input's token ids, truncated where the task truncates (LoadedModel.encode)."""
+    if task in TRUNCATING_TASKS:
+        encoded = tokenizer(text, truncation=True, max_length=max_tokens)
+    else:
+        encoded = tokenizer(text)
+    return {key: list(ids) for key, ids in encoded.items() if key != "attention_mask"}  # padding rebuilds it
+
+
+def _each_alone_on_failure(call, items: list) -> list[Any]:
+    try:
+        return call(items)
+    except Exception as exc:
+        if len(items) == 1:
+            return [exc]  # the server logs its traceback under the request's id
+        log.warning("batch of %d failed (%s); retrying item by item", len(items), _first_line(exc))
+    outcomes: list[Any] = []
+    for item in items:
+        try:
+            outcomes.extend(call([item]))
+        except Exception as exc:
+            outcomes.append(exc)
+    return outcomes
+
+
+def _one_of(outputs: Any, i: int) -> dict:
+    """Item i of a batch's model outputs, as a batch of one (what postprocess expects)."""
+    one = {}
+    for key, value in outputs.items():
+        if hasattr(value, "shape"):
+            one[key] = value[i:i + 1]
+        elif isinstance(value, tuple) and value and hasattr(value[0], "shape"):
+            one[key] = tuple(v[i:i + 1] for v in value)
+        else:
+            one[key] = value
+    return one
 
 
 def load_model(model: str | None = None, task: str | None = None, device: str = "auto",
@@ -237,31 +287,6 @@ def _max_tokens(folder: Path, pipe: Any) -> int:
             return int(length)
     limits = [pipe.tokenizer.model_max_length, getattr(pipe.model.config, "max_position_embeddings", None)]
     return int(min(n for n in limits if n and n < 1_000_000))
-
-
-def build_tiny_fill_mask_model(folder: str | Path, seed: int = 0) -> Path:
-    """Save a small random-weight BERT masked-LM with the real bert-base-uncased vocabulary.
-
-    For fill-mask tests offline: its answers are random words, but its tokenizer, mask token
-    and output format are the real ones. The vocabulary is the vocab.txt inside the MiniLM
-    package, which is exactly bert-base-uncased's.
-    """
-    import torch
-    from transformers import BertConfig, BertForMaskedLM, BertTokenizerFast
-
-    folder = Path(folder)
-    vocab = default_model_dir() / "vocab.txt"
-    # transformers 5.x trap: BertTokenizerFast(vocab_file=...) silently builds a 5-token tokenizer.
-    tokenizer = BertTokenizerFast(vocab=str(vocab), do_lower_case=True)
-    if tokenizer.vocab_size < 30000:
-        raise RuntimeError(f"tokenizer built from {vocab} has only {tokenizer.vocab_size} tokens")
-    torch.manual_seed(seed)
-    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
-                        num_attention_heads=2, intermediate_size=64, max_position_embeddings=128)
-    BertForMaskedLM(config).eval().save_pretrained(folder)
-    tokenizer.model_max_length = config.max_position_embeddings
-    tokenizer.save_pretrained(folder)
-    return folder
 
 
 def _package_version() -> str:

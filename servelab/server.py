@@ -221,6 +221,8 @@ class Server:
         if error is None:
             return Response(encode_json(job.future.result()), media_type="application/json",
                             headers={"X-Request-ID": job.id})
+        if isinstance(error, RequestError):  # refused elsewhere, already counted (multi_process's model)
+            raise error
         if isinstance(error, QueueTimeout):
             self.metrics.refusals.labels("queue_timeout").inc()
             raise RequestError(504, str(error), request_id=job.id)

@@ -56,7 +56,7 @@ def main(args) -> int:
     from servelab.gpu_reference import plan, runner, summary
 
     if args.summarize:
-        print(summary.render(summary.summarize(summary.load_run(args.summarize))))
+        print(summary.render(summary.summarize(plan.Run(args.summarize, plan.Options()))))
         return 0
     steps = plan.plan()
     if args.only:

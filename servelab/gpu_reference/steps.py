@@ -1,5 +1,6 @@
 """The two steps that are functions rather than command lines: what the machine is, and the
-models, made without the hub."""
+models, made without the hub. Each takes the plan's Run (not imported here: plan.py builds its
+steps from these)."""
 
 from __future__ import annotations
 
@@ -7,10 +8,8 @@ import json
 import math
 import subprocess
 
-from servelab.gpu_reference.plan import Run
 
-
-def environment(run: Run) -> None:
+def environment(run) -> None:
     """The versions, the machine, and what torch sees: the manifest of the whole folder."""
     import torch
 
@@ -42,7 +41,7 @@ def _nvidia_smi() -> str | None:
     return done.stdout if done.returncode == 0 else None
 
 
-def models(run: Run) -> None:
+def models(run) -> None:
     """MiniLM, as given or as a random-weight copy of its shapes, and a BERT-base-sized fill-mask
     model with random weights and the real vocabulary. Built once in the work folder."""
     from servelab.models import default_model_dir

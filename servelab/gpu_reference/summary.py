@@ -1,14 +1,12 @@
 """The one-screen summary of a reference run: the ceiling, the served runs as ratios to it, the
 emulated device against the real one, and the max-rate searches. Also summary.json and
-summary.md in the run's folder."""
+summary.md in the run's folder. Each function takes the plan's Run (not imported here: the
+plan ranks its settings by these rows)."""
 
 from __future__ import annotations
 
 import csv
 import json
-from pathlib import Path
-
-from servelab.gpu_reference.plan import Run
 
 # Emulated against real, for each served run (the GPU issue's goals).
 RATE_TOLERANCE = 0.15
@@ -22,7 +20,7 @@ def _number(text):
         return None
 
 
-def served_rows(run: Run) -> list[dict]:
+def served_rows(run) -> list[dict]:
     """One row per served run, real and emulated: the sweep CSVs' columns that matter here."""
     ceiling = _ceiling(run)
     rows = []
@@ -47,7 +45,7 @@ def served_rows(run: Run) -> list[dict]:
     return rows
 
 
-def _ceiling(run: Run) -> float | None:
+def _ceiling(run) -> float | None:
     if not run.ceiling_path.is_file():
         return None
     return json.loads(run.ceiling_path.read_text())["ceiling_seq_per_s"]
@@ -76,7 +74,7 @@ def _ratio(a, b):
     return a / b if a is not None and b else None
 
 
-def max_rate_rows(run: Run) -> list[dict]:
+def max_rate_rows(run) -> list[dict]:
     rows = []
     for path in sorted((run.out / "max_rate").glob("runs/*/summary.json")):
         summary = json.loads(path.read_text())
@@ -87,7 +85,7 @@ def max_rate_rows(run: Run) -> list[dict]:
     return rows
 
 
-def profile_rows(run: Run) -> list[dict]:
+def profile_rows(run) -> list[dict]:
     rows = []
     for path in sorted((run.out / "profiles").glob("*.json")):
         profile = json.loads(path.read_text())
@@ -99,7 +97,7 @@ def profile_rows(run: Run) -> list[dict]:
     return rows
 
 
-def summarize(run: Run) -> dict:
+def summarize(run) -> dict:
     rows = served_rows(run)
     steps_path = run.out / "steps.json"
     steps = json.loads(steps_path.read_text()) if steps_path.is_file() else []
@@ -155,10 +153,3 @@ def render(summary: dict) -> str:
               f"{summary['seconds']:.0f} s"]
     lines += [f"  {s['name']}: {s['status']} ({s['why']})" for s in not_ok]
     return "\n".join(lines)
-
-
-def load_run(out: Path) -> Run:
-    """A Run for an existing folder (to summarize it again), with the options it recorded."""
-    from servelab.gpu_reference.plan import Options
-
-    return Run(Path(out), Options())
