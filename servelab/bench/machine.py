@@ -14,8 +14,10 @@ from servelab.paths import REPO
 def git_state(repo=REPO) -> dict:
     """Commit and dirty flag of the working tree; commit None outside git or before a commit.
 
-    A copy of the tree without its .git (as sent to a lent GPU machine) takes the commit from
-    SERVELAB_GIT_COMMIT, which scripts/gpu_reference.sh sets from what --prepare recorded."""
+    SERVELAB_GIT_COMMIT, when set, names the commit instead: scripts/gpu_reference.sh sets it
+    from what --prepare recorded, because the copy of the tree sent to a lent GPU machine may
+    carry no .git, or a stale one (the first H200 run's manifests read the session's first
+    commit, with the later files as untracked)."""
 
     def git(*args: str) -> str | None:
         try:
@@ -26,11 +28,12 @@ def git_state(repo=REPO) -> dict:
             return None
         return done.stdout.strip() if done.returncode == 0 else None
 
+    named = os.environ.get("SERVELAB_GIT_COMMIT")
+    if named:
+        return {"commit": named, "short": named[:8], "dirty": None, "untracked": [],
+                "from": "SERVELAB_GIT_COMMIT"}
     commit = git("rev-parse", "HEAD")
     status = git("status", "--porcelain")
-    if commit is None and os.environ.get("SERVELAB_GIT_COMMIT"):
-        return {"commit": os.environ["SERVELAB_GIT_COMMIT"], "short": os.environ["SERVELAB_GIT_COMMIT"][:8],
-                "dirty": None, "untracked": [], "from": "SERVELAB_GIT_COMMIT (no .git in this copy)"}
     lines = [] if status is None else status.splitlines()
     # Untracked code changes results as much as edits do; results themselves do not.
     untracked = [line[3:] for line in lines if line.startswith("??") and not line[3:].startswith("results/")]
