@@ -12,10 +12,11 @@ import pytest
 from servelab.bench import stats
 from servelab.costmodel import BatchCost, CostModel, batch_cost_fit
 from servelab.emulated import Profile
-from servelab.paths import VARIANTS, VARIANTS_DIR
+from servelab.paths import ALL_VARIANTS, VARIANTS_DIR
 from servelab.sim import Policy, simulate
 from servelab.sim.calibration import offload_seconds, solve_http
 from servelab.sim.engine import HttpCost
+from servelab.sim.plan import SloPlan
 from servelab.sim.policy import BEHAVIOUR, variant_defaults
 from servelab.sim.replay import MeasuredRun, corpus_token_lengths, replay
 from servelab.sim.summary import summarize
@@ -138,18 +139,19 @@ def test_the_summary_has_the_bench_schema():
     assert 0 < summary["model_busy_fraction"] < 1
 
 
-@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("variant", ALL_VARIANTS)
 def test_each_variant_policy_matches_its_file(variant):
     source = (VARIANTS_DIR / f"{variant}.py").read_text()
     policy = Policy.of_variant(variant)
     assert policy.offloaded == ("asyncio.to_thread" in source)
+    assert policy.planned == ("class Plan" in source)
     assert policy.wait_restarts == ('"get_timeout"' in source)
     defaults = variant_defaults(variant)
     assert policy.max_wait_s * 1000 == defaults.get("max_wait_ms", 0)
     assert policy.max_queue == defaults.get("max_queue")
     if "max_batch_size" in defaults:
         assert policy.max_batch_size == defaults["max_batch_size"]
-    assert set(BEHAVIOUR) == set(VARIANTS)
+    assert set(BEHAVIOUR) == set(ALL_VARIANTS)
 
 
 def test_settings_override_the_defaults_and_zero_turns_a_limit_off():
@@ -262,3 +264,55 @@ def test_the_simulate_command_says_how_to_calibrate_when_it_cannot_find_one(tmp_
 
     assert main(["simulate", "--results-dir", str(tmp_path), "--device", "cpu"]) == 1
     assert "simulate --calibrate --device cpu" in capsys.readouterr().err
+
+
+# slo_aware's plan (servelab/sim/plan.py), on a CPU-like device: 5 ms a pass plus 160 us per padded
+# token, inputs of 8 to 60 tokens, and the server's own work per request and per refusal.
+CPU_LIKE = BatchCost(CostModel(0.005, 160e-6))
+CPU_HTTP = HttpCost(per_request_s=0.0008, per_refusal_s=0.0004)
+
+
+def mixed_lengths(count: int, seed: int) -> list[int]:
+    rng = random.Random(seed)
+    return [rng.randint(8, 60) for _ in range(count)]
+
+
+def test_the_plan_sorts_and_cuts_where_a_pass_is_worth_its_cost():
+    plan = SloPlan(CostModel(0.001, 1e-4), slo_s=1.0)
+    lengths = [60, 8, 60, 8, 8, 60]
+    passes = plan.split(lengths)
+    assert [[lengths[i] for i in part] for part in passes] == [[8, 8, 8], [60, 60, 60]]
+    assert sorted(i for part in passes for i in part) == list(range(6))  # each request once
+    plan = SloPlan(CostModel(1.0, 1e-4), slo_s=10.0)  # a pass costs far more than the padding
+    assert len(plan.split(lengths)) == 1
+
+
+def test_the_simulated_plan_answers_on_time_under_overload_where_a_queue_limit_does_not():
+    count = 6000
+    capacity = 16 / CPU_LIKE.seconds(16, 34)  # about batch 16 of mean padded length
+    arrivals, lengths = poisson(2 * capacity, count, seed=1), mixed_lengths(count, seed=2)
+    objective = 0.150
+    planned = simulate(arrivals, lengths, Policy.of_variant("slo_aware", {"slo_ms": objective * 1000}),
+                       CPU_LIKE, CPU_HTTP)
+    capped = simulate(arrivals, lengths, Policy.of_variant("thread_offloaded"), CPU_LIKE, CPU_HTTP)
+
+    def on_time(outcome) -> int:
+        return sum(1 for st, lat in zip(outcome.status, outcome.latency_s, strict=True)
+                   if st == 200 and lat <= objective)
+
+    answered = [lat for st, lat in zip(planned.status, planned.latency_s, strict=True) if st == 200]
+    assert stats.percentile(answered, 99) <= objective
+    assert on_time(planned) > 3 * on_time(capped)
+    refused = planned.status.count(503)
+    assert refused > 5 * planned.status.count(504)  # refused at arrival, not after waiting
+    assert set(planned.close_reasons) <= {"planned", "drained"}
+
+
+def test_without_admission_the_plan_times_out_what_it_cannot_answer():
+    count = 3000
+    capacity = 16 / CPU_LIKE.seconds(16, 34)
+    arrivals, lengths = poisson(2 * capacity, count, seed=3), mixed_lengths(count, seed=4)
+    policy = Policy.of_variant("slo_aware", {"slo_ms": 150, "without": ["admission"]})
+    outcome = simulate(arrivals, lengths, policy, CPU_LIKE, CPU_HTTP)
+    assert outcome.status.count(503) == 0
+    assert outcome.status.count(504) > count / 4

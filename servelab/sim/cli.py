@@ -77,7 +77,8 @@ def _simulate(args, cal) -> int:
     from servelab.sim.replay import corpus_token_lengths, length_of
     from servelab.sim.summary import summarize
 
-    settings = {name: getattr(args, name) for name, _ in POLICY_FLAGS}
+    # slo_aware plans against the objective the results are judged by.
+    settings = {name: getattr(args, name) for name, _ in POLICY_FLAGS} | {"slo_ms": args.slo_ms}
     policy = Policy.of_variant(args.variant, settings)
     ceiling = cal.data["ceiling"]["ceiling_seq_per_s"]
     if not args.json:

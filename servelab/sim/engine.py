@@ -28,11 +28,13 @@ thread_offloaded run measures what offloading costs.
 
 from __future__ import annotations
 
+import itertools
 from collections import Counter, deque
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
 from servelab.costmodel import BatchCost
+from servelab.sim.plan import SloPlan
 from servelab.sim.policy import Policy
 
 ANSWERED, REFUSED, TIMED_OUT = 200, 503, 504
@@ -72,9 +74,11 @@ def simulate(arrivals: Sequence[float], lengths: Sequence[int], policy: Policy, 
              http: HttpCost | float) -> Outcome:
     """Serve requests arriving at `arrivals` (seconds, ascending), request i being lengths[i]
     tokens long, with `policy`, batch times from `cost` and the server's own work from `http`
-    (a number: seconds per request, nothing per batch)."""
+    (a number: seconds per request, nothing per batch). A planned policy (slo_aware) batches
+    and admits by servelab/sim/plan.py instead of by a wait and a cap."""
     if not isinstance(http, HttpCost):
         http = HttpCost(float(http))
+    plan = SloPlan.for_policy(policy, cost, lengths) if policy.planned else None
     http_s, refusal_s = http.per_request_s, http.per_refusal_s
     n = len(arrivals)
     if len(lengths) != n:
@@ -85,6 +89,10 @@ def simulate(arrivals: Sequence[float], lengths: Sequence[int], policy: Policy, 
     admitted_at = [0.0] * n  # when the event loop queued it: a queue timeout counts from there
     queue: deque[int] = deque()
     max_queue, timeout = policy.max_queue, policy.queue_timeout_s
+    if plan and timeout is None:  # slo_aware: the objective is the queue timeout, as a backstop
+        timeout = plan.slo_s
+    queued_tokens = 0  # of the requests in the queue: what admission reads
+    busy_until = 0.0  # when the batch being computed is predicted to end
     cap = policy.max_batch_size or n
     wait = policy.max_wait_s
     next_arrival = 0  # index of the first request not yet seen by the server
@@ -92,9 +100,10 @@ def simulate(arrivals: Sequence[float], lengths: Sequence[int], policy: Policy, 
 
     def expire(now: float) -> None:
         # One timeout for all, so jobs expire in queue order: only the head can be due.
-        nonlocal refused_work
+        nonlocal refused_work, queued_tokens
         while queue and admitted_at[queue[0]] + timeout <= now:
             j = queue.popleft()
+            queued_tokens -= lengths[j]
             status[j] = TIMED_OUT
             latency[j] = admitted_at[j] + timeout - arrivals[j]
             refused_work += refusal_s
@@ -102,20 +111,66 @@ def simulate(arrivals: Sequence[float], lengths: Sequence[int], policy: Policy, 
     def admit(until: float, seen_at: float | None = None) -> None:
         """Queue or refuse every arrival up to `until`. seen_at: when a blocked event loop
         finally reads them (None: each is read when it arrives)."""
-        nonlocal next_arrival, refused_work
+        nonlocal next_arrival, refused_work, queued_tokens
         while next_arrival < n and arrivals[next_arrival] <= until:
             i = next_arrival
             next_arrival += 1
             now = arrivals[i] if seen_at is None else seen_at
             if timeout is not None:
                 expire(now)
-            if max_queue is not None and len(queue) >= max_queue:
+            full = max_queue is not None and len(queue) >= max_queue
+            if full or (plan and plan.refuses(arrivals[i], now, busy_until, len(queue), queued_tokens,
+                                              lengths[i])):
                 status[i] = REFUSED
                 latency[i] = now - arrivals[i] + refusal_s
                 refused_work += refusal_s
             else:
                 admitted_at[i] = now
                 queue.append(i)
+                queued_tokens += lengths[i]
+
+    def take_waited(now: float) -> tuple[list[int], str, float]:
+        """The other variants' collect_batch: the oldest request, then whatever is queued or
+        arrives before the wait ends, up to the cap. Returns the batch, why it closed, and when."""
+        nonlocal queued_tokens
+        batch = [queue.popleft()]
+        queued_tokens -= lengths[batch[0]]
+        deadline = now + wait
+        while True:
+            if len(batch) >= cap:
+                return batch, "size_cap", now
+            if timeout is not None:
+                expire(now)
+            if queue:  # already queued: joins at once
+                batch.append(queue.popleft())
+                queued_tokens -= lengths[batch[-1]]
+                continue
+            limit = now + wait if policy.wait_restarts else deadline
+            if next_arrival < n and arrivals[next_arrival] <= limit and wait > 0:
+                now = arrivals[next_arrival]
+                admit(now)
+                continue
+            if wait <= 0:
+                return batch, "drained", now
+            return batch, "get_timeout" if policy.wait_restarts else "deadline", limit
+
+    def take_planned(now: float) -> tuple[list[int], str | None]:
+        """slo_aware's collect_batch: the oldest request (a 504 now if it is late even alone),
+        and the largest prefix of the queue after it that its budget allows."""
+        nonlocal refused_work, queued_tokens
+        oldest = queue[0]
+        if "admission" in plan.parts and not plan.fits([lengths[oldest]], arrivals[oldest], now):
+            queue.popleft()
+            queued_tokens -= lengths[oldest]
+            status[oldest] = TIMED_OUT
+            latency[oldest] = now - arrivals[oldest] + refusal_s
+            refused_work += refusal_s
+            return [], None
+        behind = [lengths[j] for j in itertools.islice(queue, 1, None)]
+        take = plan.size(lengths[oldest], behind, arrivals[oldest], now)
+        batch = [queue.popleft() for _ in range(1 + take)]
+        queued_tokens -= sum(lengths[j] for j in batch)
+        return batch, "planned" if take < len(behind) else "drained"
 
     now = 0.0
     while True:
@@ -130,47 +185,37 @@ def simulate(arrivals: Sequence[float], lengths: Sequence[int], policy: Policy, 
                 now = arrivals[next_arrival]
             admit(now)
             continue
-        batch = [queue.popleft()]
-        deadline = now + wait
-        while True:
-            if len(batch) >= cap:
-                reason = "size_cap"
-                break
-            if timeout is not None:
-                expire(now)
-            if queue:  # already queued: joins at once
-                batch.append(queue.popleft())
+        if plan:
+            batch, reason = take_planned(now)
+            if not batch:
                 continue
-            limit = now + wait if policy.wait_restarts else deadline
-            if next_arrival < n and arrivals[next_arrival] <= limit and wait > 0:
-                now = arrivals[next_arrival]
-                admit(now)
-                continue
-            if wait <= 0:
-                reason = "drained"
-            else:
-                reason = "get_timeout" if policy.wait_restarts else "deadline"
-                now = limit
-            break
-        b = len(batch)
-        length = max(lengths[j] for j in batch)
-        host, device = cost.host_s(b, length), cost.device_s(b, length)
+            passes = [[batch[i] for i in part] for part in plan.split([lengths[j] for j in batch])]
+            busy_until = now + plan.seconds([[lengths[j] for j in part] for part in passes])
+        else:
+            batch, reason, now = take_waited(now)
+            passes = [batch]
         offload = http.offload_s if policy.offloaded else 0.0
-        # Its own HTTP work and the worker's turn are in every answer's time; so is idle_extra_s,
-        # measured at light load, where it matters (under load, queueing dwarfs it).
-        answered = now + http.per_batch_s + host + device + offload + http_s + http.idle_extra_s
-        for j in batch:
-            status[j] = ANSWERED
-            latency[j] = answered - arrivals[j]
-        out.batch_sizes.append(b)
-        out.batch_lengths.append(length)
-        out.close_reasons[reason] += 1
-        out.compute_s += host + device
-        out.device_s += device
-        out.real_tokens += sum(lengths[j] for j in batch)
-        out.end_s = max(out.end_s, answered)
-        own = http.per_batch_s + b * http_s + refused_work
-        refused_work = 0.0
-        now += host + device + offload + own
+        for part in passes:  # one pipeline call per pass; a request is answered when its pass ends
+            b = len(part)
+            length = max(lengths[j] for j in part)
+            host, device = cost.host_s(b, length), cost.device_s(b, length)
+            # Its own HTTP work and the worker's turn are in every answer's time; so is
+            # idle_extra_s, measured at light load, where it matters (under load, queueing dwarfs it).
+            answered = now + http.per_batch_s + host + device + offload + http_s + http.idle_extra_s
+            for j in part:
+                status[j] = ANSWERED
+                latency[j] = answered - arrivals[j]
+            out.batch_sizes.append(b)
+            out.batch_lengths.append(length)
+            out.close_reasons[reason] += 1
+            out.compute_s += host + device
+            out.device_s += device
+            out.real_tokens += sum(lengths[j] for j in part)
+            out.end_s = max(out.end_s, answered)
+            own = http.per_batch_s + b * http_s + refused_work
+            refused_work = 0.0
+            now += host + device + offload + own
+            if plan:
+                plan.observe([lengths[j] for j in part])
         admit(now, seen_at=None if policy.offloaded else now)
     return out

@@ -16,6 +16,7 @@ BEHAVIOUR = {
     "deadline": {},
     "capped_batch": {},
     "thread_offloaded": {"offloaded": True},
+    "slo_aware": {"offloaded": True, "planned": True},  # its plan: servelab/sim/plan.py
 }
 
 
@@ -27,6 +28,11 @@ class Policy:
     offloaded: bool = False  # thread_offloaded: the event loop keeps serving while the model runs
     max_queue: int | None = None  # the breaker: 503 at once when this many wait
     queue_timeout_s: float | None = None  # the breaker: 504 after waiting this long unstarted
+    planned: bool = False  # slo_aware: batches sized, cut and admitted by its plan
+    slo_s: float | None = None  # the plan's objective; None: 10x one input's time, as the server
+    slo_headroom: float = 0.2
+    max_batch_tokens: int | None = None
+    without: tuple[str, ...] = ()  # the plan's parts turned off (--without)
 
     @classmethod
     def of_variant(cls, variant: str, settings: dict | None = None) -> Policy:
@@ -41,6 +47,10 @@ class Policy:
             max_batch_size=int(s["max_batch_size"]) if s.get("max_batch_size") else None,
             max_queue=int(s["max_queue"]) if s.get("max_queue") else None,
             queue_timeout_s=float(s["queue_timeout_ms"]) / 1000 if s.get("queue_timeout_ms") else None,
+            slo_s=float(s["slo_ms"]) / 1000 if s.get("slo_ms") else None,
+            slo_headroom=float(s.get("slo_headroom", 0.2)),
+            max_batch_tokens=int(s["max_batch_tokens"]) if s.get("max_batch_tokens") else None,
+            without=tuple(s.get("without") or ()),
         )
         return replace(policy, **BEHAVIOUR[variant])
 
@@ -50,7 +60,14 @@ class Policy:
             "wait_restarts": self.wait_restarts, "offloaded": self.offloaded,
             "max_queue": self.max_queue,
             "queue_timeout_ms": None if self.queue_timeout_s is None else self.queue_timeout_s * 1000,
+            **(self._plan_settings() if self.planned else {}),
         }
+
+
+    def _plan_settings(self) -> dict:
+        return {"slo_ms": None if self.slo_s is None else self.slo_s * 1000,
+                "slo_headroom": self.slo_headroom, "max_batch_tokens": self.max_batch_tokens,
+                "without": list(self.without)}
 
 
 def variant_defaults(variant: str) -> dict:

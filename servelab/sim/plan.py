@@ -1,0 +1,130 @@
+"""slo_aware's plan (server_variants/slo_aware.py), as the simulator runs it.
+
+The server's rules, decision for decision, with one difference: the server refits its cost model
+online from the passes it ran, while here the plan knows the simulated cost exactly (a linear fit
+of it, t = a + k*b*L, the form the server fits). So a simulated plan is the server's plan with a
+perfect cost model: where the two disagree, the server's model was wrong, or its own work (HTTP,
+refusals) was not in it.
+
+- admission: at arrival, the predicted answer time (the batch being computed, then the queue and
+  this request, padded and cut into passes as recent passes were) against the budget.
+- late alone: the oldest request, if it cannot be answered in time even by itself, gets its 504
+  at once instead of being computed.
+- sizing: the largest FIFO prefix of the queue that the oldest request's budget allows.
+- sorting: the batch sorted by length and cut where a pass is worth its fixed cost.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from servelab.costmodel import CostModel, fit
+
+PARTS = frozenset({"sizing", "sorting", "admission"})
+SMOOTHING = 0.05  # the server's moving averages of padding and requests per pass
+OBJECTIVE_PER_INPUT = 10  # the server's default objective: 10x one input's time
+MIN_DEFAULT_OBJECTIVE_S = 0.020
+
+
+@dataclass
+class SloPlan:
+    cost: CostModel
+    slo_s: float
+    headroom: float = 0.2
+    max_batch_size: int = 256
+    max_batch_tokens: int = 16384
+    parts: frozenset = PARTS
+    padding: float = 1.0  # padded / real tokens of recent passes
+    per_pass: float = 1.0  # requests per recent pass
+
+    @classmethod
+    def for_policy(cls, policy, cost, lengths: Sequence[int]) -> SloPlan:
+        """The plan a slo_aware server with `policy`'s settings makes on a device costing `cost`
+        (a servelab.costmodel.BatchCost): its linear fit, and the objective given or, as the
+        server does, 10x one input's time (the median input; at least 20 ms)."""
+        grid = [{"batch_size": b, "tokens": n, "seconds": cost.seconds(b, n)}
+                for b in (1, 4, 16, 64, 256) for n in (16, 32, 64)]
+        model, _ = fit(grid)
+        slo_s = policy.slo_s
+        if slo_s is None:
+            median = sorted(lengths)[len(lengths) // 2] if lengths else 16
+            slo_s = max(MIN_DEFAULT_OBJECTIVE_S, OBJECTIVE_PER_INPUT * cost.seconds(1, median))
+        return cls(model, slo_s, policy.slo_headroom, policy.max_batch_size or 256,
+                   policy.max_batch_tokens or 16384, PARTS - set(policy.without))
+
+    @property
+    def budget_s(self) -> float:
+        return self.slo_s * (1 - self.headroom)
+
+    def seconds(self, passes: Sequence[Sequence[int]]) -> float:
+        """Predicted time of these passes, given as lists of token lengths."""
+        return sum(self.cost.seconds(len(p), max(p)) for p in passes)
+
+    def predicted_done(self, now: float, busy_until: float, queued: int, queued_tokens: int,
+                       tokens: int) -> float:
+        passes = math.ceil((queued + 1) / self.per_pass)
+        start = max(now, busy_until)
+        return start + passes * self.cost.a + self.cost.k * self.padding * (queued_tokens + tokens)
+
+    def refuses(self, arrival: float, now: float, busy_until: float, queued: int, queued_tokens: int,
+                tokens: int) -> bool:
+        """Admission: would this request be answered past its budget?"""
+        if "admission" not in self.parts:
+            return False
+        return self.predicted_done(now, busy_until, queued, queued_tokens, tokens) > arrival + self.budget_s
+
+    def fits(self, lengths: Sequence[int], oldest_arrival: float, now: float) -> bool:
+        longest = max(lengths)
+        n = len(lengths)
+        if n > 1 and (n > self.max_batch_size or n * longest > self.max_batch_tokens):
+            return False
+        deadline = oldest_arrival + self.budget_s
+        if now + self.cost.seconds(n, longest) <= deadline:
+            return True
+        if "sorting" not in self.parts:
+            return False
+        passes = [[lengths[i] for i in part] for part in self.split(lengths)]
+        return now + self.seconds(passes) <= deadline
+
+    def size(self, oldest_length: int, queued_lengths: Sequence[int], oldest_arrival: float,
+             now: float) -> int:
+        """How many queued requests join the oldest one."""
+        if "sizing" not in self.parts:
+            return min(len(queued_lengths), self.max_batch_size - 1)
+        if self.fits([oldest_length, *queued_lengths], oldest_arrival, now):
+            return len(queued_lengths)
+        low, high = 0, len(queued_lengths) - 1
+        while low < high:  # cost only grows with the prefix
+            middle = (low + high + 1) // 2
+            if self.fits([oldest_length, *queued_lengths[:middle]], oldest_arrival, now):
+                low = middle
+            else:
+                high = middle - 1
+        return low
+
+    def split(self, lengths: Sequence[int]) -> list[list[int]]:
+        """Positions into `lengths`, sorted by length and cut into passes by the same dynamic
+        programme as the server's (its cheapest cut at the points where the length changes)."""
+        order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+        if "sorting" not in self.parts or len(order) == 1:
+            return [list(range(len(lengths)))]
+        a, k = self.cost.a, self.cost.k
+        ends = [i for i in range(1, len(order)) if lengths[order[i]] != lengths[order[i - 1]]] + [len(order)]
+        best = {0: (0.0, 0)}
+        for end in ends:
+            longest = lengths[order[end - 1]]
+            best[end] = min((best[start][0] + a + k * (end - start) * longest, start)
+                            for start in best if start < end)
+        passes, end = [], len(order)
+        while end:
+            start = best[end][1]
+            passes.append(order[start:end])
+            end = start
+        return passes[::-1]
+
+    def observe(self, lengths: Sequence[int]) -> None:
+        """One pass ran: the moving averages admission reads."""
+        self.padding += SMOOTHING * (len(lengths) * max(lengths) / max(sum(lengths), 1) - self.padding)
+        self.per_pass += SMOOTHING * (len(lengths) - self.per_pass)
