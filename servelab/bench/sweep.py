@@ -143,6 +143,7 @@ def sweep(
     todo = [p for p in points if point_key(identity(p)) not in done]
     bar = tqdm(total=len(points), initial=len(points) - len(todo), disable=not progress_bar, desc="sweep",
                unit="point")
+    points_done = len(points) - len(todo)  # tqdm counts nothing when disabled: count here
     quick = None  # the first setting's quick-ceiling helper, kept for the later ones
     helpers = contextlib.ExitStack()
     try:
@@ -167,11 +168,12 @@ def sweep(
                                 | {k: v for k, v in row.items() if k not in identity(point)})
                     write_points(out, rows)
                     bar.update(1)
+                    points_done += 1
     finally:
         helpers.close()
         bar.close()
     if progress:
-        progress(f"sweep: {bar.n} of {len(points)} points in {out}")
+        progress(f"sweep: {points_done} of {len(points)} points in {out}")
     return out
 
 
