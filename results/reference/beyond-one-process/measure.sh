@@ -2,7 +2,7 @@
 # One process against many, on this machine: thread_offloaded, multi_process with 1 and 2 front
 # ends, LitServe and Ray Serve (one replica), each with its own defaults, at 0.1x and 2x the
 # ceiling, on this CPU and on the emulated H200. From any clone, nothing else running:
-#   bash results/reference/beyond-one-process/measure.sh        (about 10 minutes)
+#   bash results/reference/beyond-one-process/measure.sh        (about 15 minutes)
 # Each setting's sweep CSV lands in results/sweeps/beyond-<device>-<setting>.csv, its runs beside it;
 # `python results/reference/beyond-one-process/table.py results/sweeps` prints the table.
 set -euo pipefail
