@@ -112,6 +112,8 @@ def test_a_profile_is_measured_on_a_real_device_and_replays_on_the_emulated_one(
                              min_seconds=0.01, progress=lambda *_: None)
     assert [(p["batch_size"], p["tokens"]) for p in result["points"]] == [(1, 8), (4, 8), (1, 16), (4, 16)]
     assert all(p["seconds"] > 0 and p["measured"] for p in result["points"])
+    # On the CPU the forward pass is all this thread's work (one torch thread).
+    assert all(0 < p["cpu_seconds"] <= 1.5 * p["seconds"] for p in result["points"])
     assert {"a_s", "k_s_per_token", "points"} <= set(result["cost_model"])
     assert {"git", "packages", "machine"} <= set(result)
     path = tmp_path / "tiny.json"

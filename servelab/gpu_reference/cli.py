@@ -40,7 +40,7 @@ def add_parser(commands, formatter) -> None:
     p.add_argument("--only", default=None, help="comma-separated step names to run (the others are skipped)")
     p.add_argument("--plan", action="store_true", help="print the steps and their files; run nothing")
     p.add_argument("--summarize", type=Path, default=None, metavar="FOLDER",
-                   help="print the summary of an earlier run's folder; run nothing")
+                   help="summarize an earlier run's folder again (rewrites its summary.json and summary.md)")
 
 
 def split_cores(cores: list[int]) -> tuple[list[int], list[int]]:
