@@ -16,10 +16,14 @@ import psutil
 import pytest
 
 from servelab.process import ServerProcess, variant_path
-from tests.conftest import post
-from tests.test_variants import distinct_inputs, post_all
+from tests.test_variants import (
+    assert_bad_bodies_refused,
+    assert_each_got_its_own,
+    distinct_inputs,
+    post_all,
+    post_bad_bodies,
+)
 
-JSON = {"Content-Type": "application/json"}
 APPS = {"frameworks/litserve_app": "litserve", "frameworks/ray_serve_app": "ray.serve"}
 
 
@@ -48,12 +52,7 @@ def test_own_embeddings_4xx_errors_and_sigterm_leaves_nothing(app, module, defau
         try:
             replies = asyncio.run(post_all(server.url, bodies))
             as_json = httpx.post(server.url + "/", json={"inputs": bodies[3]}, timeout=30)
-            bad = {
-                "malformed JSON": post(server.url, b'{"inputs": ', headers=JSON),
-                "empty": post(server.url, b"  "),
-                "not UTF-8": post(server.url, b"\xff\xfe"),
-                "too big": post(server.url, b"x" * (65 * 1024)),
-            }
+            bad = post_bad_bodies(server.url)
             members = session_members(sid)
             start = time.monotonic()
             server.process.send_signal(signal.SIGTERM)  # the parent alone, as a process manager would
@@ -66,16 +65,10 @@ def test_own_embeddings_4xx_errors_and_sigterm_leaves_nothing(app, module, defau
         finally:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(sid, signal.SIGKILL)  # whatever a failed assertion below leaves
-    assert [r.status_code for r in replies] == [200] * len(bodies), {r.status_code for r in replies}
-    got = np.array([r.json() for r in replies])
-    cosines = (got * expected).sum(1) / (np.linalg.norm(got, axis=1) * np.linalg.norm(expected, axis=1))
-    assert cosines.min() >= 0.9999, f"worst cosine {cosines.min():.6f} at input {cosines.argmin()}"
+    assert_each_got_its_own(replies, expected)
     assert as_json.status_code == 200
     assert np.allclose(as_json.json(), expected[3], atol=1e-5)
-    assert {why: r.status_code for why, r in bad.items()} == {
-        "malformed JSON": 400, "empty": 400, "not UTF-8": 400, "too big": 413}
-    for reply in bad.values():
-        assert set(reply.json()) == {"error", "status", "request_id"}
+    assert_bad_bodies_refused(bad)
     assert server.info["model"]["task"] == "feature-extraction"
     assert server.info["settings"]["max_batch_size"] == 16
     assert len(members) > 1, "the framework's own processes (workers, Ray's daemons) were not found"

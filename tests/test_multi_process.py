@@ -16,7 +16,13 @@ import numpy as np
 from servelab.paths import VARIANTS_DIR
 from servelab.process import ServerProcess
 from tests.conftest import BREAKER_OFF, post
-from tests.test_variants import distinct_inputs, post_all
+from tests.test_variants import (
+    assert_bad_bodies_refused,
+    assert_each_got_its_own,
+    distinct_inputs,
+    post_all,
+    post_bad_bodies,
+)
 
 VARIANT = "multi_process"
 
@@ -60,12 +66,7 @@ def test_answers_are_their_own_errors_are_the_same_and_sigterm_leaves_nothing(de
         pids = children(server.pid)
         replies = asyncio.run(post_all(server.url, bodies))
         as_json = httpx.post(server.url + "/", json={"inputs": bodies[3]}, timeout=30)
-        bad = {
-            "malformed JSON": post(server.url, b'{"inputs": ', headers={"Content-Type": "application/json"}),
-            "empty": post(server.url, b"  "),
-            "not UTF-8": post(server.url, b"\xff\xfe"),
-            "too big": post(server.url, b"x" * (65 * 1024)),
-        }
+        bad = post_bad_bodies(server.url)
         info = httpx.get(server.url + "/info").json()
         metrics = server.metrics_text()
         supervisor = server.process
@@ -75,17 +76,11 @@ def test_answers_are_their_own_errors_are_the_same_and_sigterm_leaves_nothing(de
         stopped_s = time.monotonic() - start
         log = server.output()
     assert len(pids) == 3, pids  # the model process and two front ends
-    assert [r.status_code for r in replies] == [200] * len(bodies)
-    got = np.array([r.json() for r in replies])
-    cosines = (got * expected).sum(1) / (np.linalg.norm(got, axis=1) * np.linalg.norm(expected, axis=1))
-    assert cosines.min() >= 0.9999, f"worst cosine {cosines.min():.6f} at input {cosines.argmin()}"
+    assert_each_got_its_own(replies, expected)
     assert len({r.headers["x-request-id"] for r in replies}) == len(bodies)
     assert as_json.status_code == 200
     assert np.allclose(as_json.json(), expected[3], atol=1e-5)
-    assert {why: r.status_code for why, r in bad.items()} == {
-        "malformed JSON": 400, "empty": 400, "not UTF-8": 400, "too big": 413}
-    for reply in bad.values():
-        assert set(reply.json()) == {"error", "status", "request_id"}
+    assert_bad_bodies_refused(bad)
     assert info["variant"] == VARIANT
     assert info["front_end"]["count"] == 2
     assert info["model"]["task"] == "feature-extraction"

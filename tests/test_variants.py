@@ -33,6 +33,35 @@ async def post_all(url: str, bodies: list[str]) -> list[httpx.Response]:
         return await asyncio.gather(*(client.post(url + "/", content=b.encode()) for b in bodies))
 
 
+# Bodies every server here must refuse, each with its status and our error body. The servers
+# started as processes (multi_process, the frameworks) are checked against them.
+BAD_BODIES = {
+    "malformed JSON": (b'{"inputs": ', {"Content-Type": "application/json"}, 400),
+    "empty": (b"  ", {}, 400),
+    "not UTF-8": (b"\xff\xfe", {}, 400),
+    "too big": (b"x" * (65 * 1024), {}, 413),
+}
+
+
+def post_bad_bodies(url: str) -> dict[str, httpx.Response]:
+    return {why: post(url, body, headers=headers) for why, (body, headers, _) in BAD_BODIES.items()}
+
+
+def assert_each_got_its_own(replies: list[httpx.Response], expected: np.ndarray) -> None:
+    """Every reply a 200 carrying the embedding of its own input (cosine, not equality: batching
+    pads inputs, which moves the last digits)."""
+    assert [r.status_code for r in replies] == [200] * len(replies), {r.status_code for r in replies}
+    got = np.array([r.json() for r in replies])
+    cosines = (got * expected).sum(1) / (np.linalg.norm(got, axis=1) * np.linalg.norm(expected, axis=1))
+    assert cosines.min() >= 0.9999, f"worst cosine {cosines.min():.6f} at input {cosines.argmin()}"
+
+
+def assert_bad_bodies_refused(bad: dict[str, httpx.Response]) -> None:
+    assert {why: r.status_code for why, r in bad.items()} == {why: b[2] for why, b in BAD_BODIES.items()}
+    for reply in bad.values():
+        assert set(reply.json()) == {"error", "status", "request_id"}
+
+
 def shared_sections(path) -> dict[str, str]:
     """The parts every variant must share, as source text: build_app and the main block."""
     source = path.read_text()
