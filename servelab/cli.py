@@ -67,8 +67,8 @@ def build_parser(variant: str, doc: str, defaults: dict) -> argparse.ArgumentPar
     add("--body-timeout-s", type=float, default=10.0,
         help="a body not received whole within this gets 408: a trickling client cannot hold a request open")
     add("--max-connections", type=int, default=defaults.get("max_connections"),
-        help="open connections at most; past it uvicorn answers 503 (its limit_concurrency; "
-        "off when not given)")
+        help="open connections at most; a request that arrives while more are open gets 503 (its body "
+        "read first, so that the client reads the 503) and its connection closed (off when not given)")
     if "max_wait_ms" in defaults:
         add("--max-wait-ms", type=float, default=defaults["max_wait_ms"], help=defaults["max_wait_ms_help"])
     if "max_batch_size" in defaults:
@@ -126,7 +126,7 @@ def main(variant: str, doc: str, defaults: dict, build_app, argv: list[str] | No
 def uvicorn_config(app, settings: Settings, **overrides) -> uvicorn.Config:
     """uvicorn's configuration from the flags (the tests' in-thread servers use it too)."""
     options = {"host": settings.host, "port": settings.port, "log_level": settings.log_level,
-               "access_log": settings.access_log, "limit_concurrency": settings.max_connections,
+               "access_log": settings.access_log,
                "timeout_graceful_shutdown": int(SHUTDOWN_GRACE_S) + 3}
     return uvicorn.Config(app, **options | overrides)
 
@@ -137,6 +137,7 @@ class DrainingServer(uvicorn.Server):
     def __init__(self, config: uvicorn.Config, server: Server):
         super().__init__(config)
         self.app_server = server
+        server.open_connections = lambda: len(self.server_state.connections)  # for --max-connections
 
     async def shutdown(self, sockets=None):
         self.app_server.begin_shutdown()

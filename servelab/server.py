@@ -79,6 +79,7 @@ class Server:
         self.mean_batch_size = 1.0
         self.mean_batch_seconds = 0.0
         self._trace = None
+        self.open_connections: Callable[[], int] = lambda: 0  # set by cli.DrainingServer
 
     # -- start-up and shutdown ------------------------------------------------------------
 
@@ -326,7 +327,8 @@ class Server:
     def middleware(self) -> list:
         from starlette.middleware import Middleware
 
-        return [Middleware(CountStatuses, metrics=self.metrics), Middleware(LimitHeaders)]
+        return [Middleware(CountStatuses, metrics=self.metrics), Middleware(LimitConnections, server=self),
+                Middleware(LimitHeaders)]
 
 
 class CountStatuses:
@@ -351,6 +353,31 @@ class CountStatuses:
             await self.app(scope, receive, send_and_note)
         finally:
             self.metrics.requests.labels(str(status)).inc()
+
+
+class LimitConnections:
+    """ASGI middleware: 503 for a request that arrives while more than `limit` connections are open.
+
+    uvicorn has such a limit (limit_concurrency), but its 503 is plain text, is not counted in
+    /metrics, and goes out with the connection closed before the request's body is read: a client
+    still sending a large body gets a reset instead of the 503. Here the body is read and dropped
+    first (up to DRAIN_BYTES or DRAIN_S), as for a 413, and the 503 is our JSON error."""
+
+    def __init__(self, app, server: Server):
+        self.app = app
+        self.limit = getattr(server.settings, "max_connections", None)
+        self.server = server  # its open_connections() is uvicorn's count, set once uvicorn serves it
+
+    async def __call__(self, scope, receive, send):
+        count = self.server.open_connections()
+        if scope["type"] != "http" or self.limit is None or count <= self.limit:
+            return await self.app(scope, receive, send)
+        await _drain(Request(scope, receive))
+        request_id = new_request_id()
+        reason = f"{count} connections are open; the limit is {self.limit} (--max-connections)"
+        body = {"error": reason, "status": 503, "request_id": request_id}
+        headers = {"X-Request-ID": request_id, "Connection": "close", "Retry-After": "1"}
+        await JSONResponse(body, 503, headers=headers)(scope, receive, send)
 
 
 class LimitHeaders:

@@ -238,11 +238,16 @@ def test_a_long_input_is_truncated_to_the_models_maximum(default_model):
     assert reply.json() == pytest.approx(default_model.predict([text])[0], abs=1e-5)
 
 
-def test_connections_past_the_limit_get_503_from_uvicorn():
-    with serve_in_thread("deadline", ["--max-connections", "3"]) as (url, _):
-        host, port = url.removeprefix("http://").split(":")
-        held = [socket.create_connection((host, int(port))) for _ in range(3)]
-        time.sleep(0.2)
+def hold_connections(url: str, count: int) -> list[socket.socket]:
+    host, port = url.removeprefix("http://").split(":")
+    held = [socket.create_connection((host, int(port))) for _ in range(count)]
+    time.sleep(0.2)  # accepted by the server, so that they count
+    return held
+
+
+def test_connections_past_the_limit_get_a_json_503_and_are_closed():
+    with serve_in_thread("deadline", ["--max-connections", "3"]) as (url, server):
+        held = hold_connections(url, 3)
         try:
             refused = raw_exchange(url, request_bytes(b"one too many"), read_timeout_s=2)
         finally:
@@ -250,4 +255,25 @@ def test_connections_past_the_limit_get_503_from_uvicorn():
                 sock.close()
         time.sleep(0.2)
         assert post(url, "good").status_code == 200  # once they are closed, served again
+        assert server.metrics.requests.labels("503")._value.get() == 1
     assert status_of(refused) == 503
+    assert b"connection: close" in refused.lower()
+    assert "4 connections are open; the limit is 3" in json_body_of(refused)["error"]
+
+
+def test_a_client_still_sending_its_body_reads_its_503_at_the_connection_limit():
+    """urllib sends a body larger than the socket buffers whole before reading: the refusal must
+    wait for it, or the client gets a reset instead of the 503 (uvicorn's own limit does that)."""
+    body = b"x" * (8 << 20)
+    flags = ["--max-connections", "2", "--max-body-bytes", str(16 << 20)]
+    with serve_in_thread("deadline", flags) as (url, _):
+        held = hold_connections(url, 2)
+        try:
+            request = urllib.request.Request(url + "/", data=body, method="POST")
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(request, timeout=30)
+        finally:
+            for sock in held:
+                sock.close()
+    assert refused.value.code == 503
+    assert "--max-connections" in json.loads(refused.value.read())["error"]

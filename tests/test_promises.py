@@ -38,7 +38,8 @@ PROMISES = {
         'test_abuse.py::test_headers_over_the_limit_get_431_and_the_server_goes_on',
     ],
     'more than `--max-connections`': [
-        'test_abuse.py::test_connections_past_the_limit_get_503_from_uvicorn',
+        'test_abuse.py::test_connections_past_the_limit_get_a_json_503_and_are_closed',
+        'test_abuse.py::test_a_client_still_sending_its_body_reads_its_503_at_the_connection_limit',
     ],
     'the pipeline raises': [
         'test_behaviour.py::test_a_failing_input_fails_alone_and_the_loop_survives',
