@@ -61,16 +61,39 @@ def render(registry: CollectorRegistry, front_end: bool) -> bytes:
 # -- the front end's side -------------------------------------------------------------------
 
 
+# Inputs whose encodings a front end checks against the model process's own tokenizer before it
+# serves: accents, other scripts, emoji, odd spaces, a mask token; for a task that truncates, one
+# past any model's length too.
+PROBES = ["Hello, world!", "  Ça  va?\tnaïve café, Straße ", "東京は日本の首都です。", "emoji 🤖👍🏽 ok",
+          "line\nbreaks\r\nand\u00a0nbsp", "{mask} fills this"]
+LONG_PROBE = "word " * 700
+
+
 class FrontEndModel:
-    """The model as a front end knows it: its tokenizer, and the model process's description."""
+    """The model as a front end knows it: its tokenizer, and the model process's description.
+
+    The tokenizer is the model's own fast tokenizer, rebuilt from its serialized form with the
+    `tokenizers` library alone: transformers imports torch, about 200 MB per front end for
+    nothing. It is used only once its encodings of PROBES match the model process's; otherwise
+    (or for a model without a fast tokenizer) the front end loads transformers' tokenizer."""
 
     def __init__(self, description: dict):
-        from transformers import AutoTokenizer
-
         self.description = description["model"]
         self.task = self.description["task"]
         self.max_tokens = self.description["max_tokens"]
-        self.tokenizer = AutoTokenizer.from_pretrained(description["tokenizer"])
+        self.tokenizer = self._tokenizer(description)
+
+    def _tokenizer(self, description: dict):
+        spec = description.get("fast_tokenizer")
+        if spec:
+            tokenizer = StandaloneTokenizer(spec)
+            if probe_encodings(tokenizer, self.task, self.max_tokens) == description["probes"]:
+                return tokenizer
+            log.warning("the standalone tokenizer encodes differently from the model's: "
+                        "loading transformers' instead")
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(description["tokenizer"])
 
     def check_input(self, text: str) -> None:
         models.check_input(self.tokenizer, self.task, self.max_tokens, text)
@@ -80,6 +103,56 @@ class FrontEndModel:
 
     def describe(self) -> dict:
         return self.description
+
+
+class StandaloneTokenizer:
+    """A transformers fast tokenizer's call, `tokenizer(text, truncation=..., max_length=...)`,
+    for one text, on its `tokenizers` backend alone (what models.encode and check_input use)."""
+
+    def __init__(self, spec: dict):
+        import tokenizers
+
+        self.backend = tokenizers.Tokenizer.from_str(spec["json"])
+        self.backend.no_padding()
+        self.backend.no_truncation()
+        self.truncated_at: int | None = None
+        self.side = spec["truncation_side"]
+        self.names = spec["model_input_names"]
+        self.mask_token = spec["mask_token"]
+
+    def __call__(self, text: str, truncation: bool = False, max_length: int | None = None) -> dict:
+        limit = max_length if truncation else None
+        if limit != self.truncated_at:
+            if limit is None:
+                self.backend.no_truncation()
+            else:
+                self.backend.enable_truncation(limit, direction=self.side)
+            self.truncated_at = limit
+        encoding = self.backend.encode(text)
+        outputs = {"input_ids": encoding.ids, "token_type_ids": encoding.type_ids,
+                   "attention_mask": encoding.attention_mask}
+        return {name: outputs[name] for name in self.names if name in outputs}
+
+
+def describe_tokenizer(tokenizer: Any, task: str, max_tokens: int) -> dict:
+    """What a front end needs to tokenize as the model process does (ModelEndpoint.description)."""
+    described = {"tokenizer": tokenizer.name_or_path, "probes": probe_encodings(tokenizer, task, max_tokens)}
+    if getattr(tokenizer, "is_fast", False):
+        described["fast_tokenizer"] = {
+            "json": tokenizer.backend_tokenizer.to_str(),
+            "truncation_side": tokenizer.truncation_side,
+            "model_input_names": list(tokenizer.model_input_names),
+            "mask_token": tokenizer.mask_token,
+        }
+    return described
+
+
+def probe_encodings(tokenizer: Any, task: str, max_tokens: int) -> list[dict]:
+    mask = getattr(tokenizer, "mask_token", None) or ""
+    texts = [text.replace("{mask}", mask) for text in PROBES]
+    if task in models.TRUNCATING_TASKS:
+        texts.append(LONG_PROBE)
+    return [models.encode(tokenizer, task, max_tokens, text) for text in texts]
 
 
 def hello(address: str, is_alive, timeout_s: float | None = None) -> dict:
@@ -251,7 +324,8 @@ class ModelEndpoint:
 
     def description(self) -> dict:
         model = self.server.model
-        return {"model": model.describe(), "tokenizer": model.pipe.tokenizer.name_or_path}
+        tokenizer = describe_tokenizer(model.pipe.tokenizer, model.task, model.max_tokens)
+        return {"model": model.describe()} | tokenizer
 
     async def serve(self) -> None:
         while True:

@@ -6,7 +6,9 @@ N front-end processes each accept connections, read and check requests, tokenize
 answers; ONE model process holds the one model copy, forms batches with thread_offloaded's policy
 (max wait, max batch size, and its breaker: --max-queue gives 503, --queue-timeout-ms 504,
 counted from the request's arrival at its front end) and runs them on the token ids. Between them,
-ZeroMQ (servelab/link.py). This file's own process only starts, watches and stops the others.
+ZeroMQ (servelab/link.py). A front end loads neither torch nor the model: its tokenizer is the
+model's own, rebuilt with the `tokenizers` library. This file's own process only starts, watches
+and stops the others.
 
 Run:    python server_variants/multi_process.py --front-ends 2 [--cores 0-2]
 Query:  curl -X POST -d "the weather is nice today" http://127.0.0.1:8000/

@@ -65,6 +65,7 @@ def test_answers_are_their_own_errors_are_the_same_and_sigterm_leaves_nothing(de
     with ServerProcess(VARIANT, ["--front-ends", "2", "--device", "cpu", *BREAKER_OFF]) as server:
         pids = children(server.pid)
         replies = asyncio.run(post_all(server.url, bodies))
+        with_torch = [pid for pid in pids if "libtorch" in Path(f"/proc/{pid}/maps").read_text()]
         as_json = httpx.post(server.url + "/", json={"inputs": bodies[3]}, timeout=30)
         bad = post_bad_bodies(server.url)
         info = httpx.get(server.url + "/info").json()
@@ -76,6 +77,7 @@ def test_answers_are_their_own_errors_are_the_same_and_sigterm_leaves_nothing(de
         stopped_s = time.monotonic() - start
         log = server.output()
     assert len(pids) == 3, pids  # the model process and two front ends
+    assert len(with_torch) == 1, "only the model process loads torch; the front ends tokenize without it"
     assert_each_got_its_own(replies, expected)
     assert len({r.headers["x-request-id"] for r in replies}) == len(bodies)
     assert as_json.status_code == 200
