@@ -24,7 +24,7 @@ demo: $(STAMP)  ## start deadline.py on the default model, query it, stop it
 lint: $(STAMP)  ## ruff, with the rules chosen in pyproject.toml
 	$(VENV)/bin/ruff check .
 
-test: lint  ## ruff, then the test suite, notebooks in quick mode included (CPU, offline, about 16 minutes)
+test: lint  ## ruff, then the test suite, notebooks in quick mode included (CPU, offline, about 24 minutes)
 	$(PY) -m pytest
 
 test-fast: lint  ## ruff, then the tests without the slow ones (no notebook execution; about 3 minutes)

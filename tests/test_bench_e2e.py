@@ -60,6 +60,9 @@ def test_run_writes_manifest_requests_and_a_sane_summary(tmp_path):
     assert 0 <= summary["padding_share"] < 0.9
     assert 0 < summary["loadgen_cpu_share"] < 1
     assert summary["model_busy_fraction"] < summary["server_cpu_share"] < 1.2  # model time is server CPU
+    # The server's memory: one process holding the model (90 MB of weights, torch, the tokenizer).
+    assert summary["server_memory"]["processes"] == 1
+    assert 150 < summary["server_memory"]["pss_mb"] <= summary["server_memory"]["rss_mb"] < 3000
     # The ceiling: the given reference, and the bracket timed around this very run.
     ceiling = summary["ceiling"]
     assert ceiling["value"] == 70.0

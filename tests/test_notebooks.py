@@ -1,7 +1,7 @@
 """The walkthrough notebooks: committed clean and in sync with their .py twins, and each one
 runs top to bottom in quick mode (SERVELAB_QUICK=1) in a kernel of this interpreter.
 
-The quick runs start real servers and Locust: about 11 minutes for all six on 2 cores.
+The quick runs start real servers and Locust: about 15 minutes for all eight on 2 cores.
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ from servelab import notebook as nb
 
 NOTEBOOKS = nb.notebooks()
 NAMES = ["01_naive_server", "02_dynamic_batching", "03_blocking_the_event_loop", "04_circuit_breaking",
-         "05_choosing_a_variant", "06_physics_of_batching", "07_planning_against_an_objective"]
+         "05_choosing_a_variant", "06_physics_of_batching", "07_planning_against_an_objective",
+         "08_beyond_one_process"]
 
 
 def test_the_notebooks_are_there_in_order():

@@ -1,4 +1,5 @@
-"""How busy a process kept its cores: CPU seconds per wall second over a chosen window.
+"""What a process and its children use: CPU seconds per wall second over a chosen window, and
+memory at one moment.
 
 The runner watches Locust with it, so that each run records the load generator's CPU share,
 and the ceiling's stand-in (servelab.bench.neighbour) can replay that share.
@@ -24,6 +25,25 @@ def cpu_seconds(pid: int) -> float:
         except psutil.NoSuchProcess:  # a child that ended between the listing and the reading
             continue
         total += times.user + times.system
+    return total
+
+
+def memory_mb(pid: int) -> dict:
+    """Resident memory of a process and its live children, in MB, summed. A page that two of
+    them share counts twice in the rss sum, but is split between them in pss: the pss sum is
+    what the group holds."""
+    import psutil
+
+    process = psutil.Process(pid)
+    total = {"rss_mb": 0.0, "pss_mb": 0.0, "processes": 0}
+    for each in [process, *process.children(recursive=True)]:
+        try:
+            info = each.memory_full_info()
+        except psutil.Error:  # ended between the listing and the reading, or not ours to read
+            continue
+        total["rss_mb"] += info.rss / 1e6
+        total["pss_mb"] += getattr(info, "pss", info.rss) / 1e6  # pss is Linux only
+        total["processes"] += 1
     return total
 
 

@@ -27,7 +27,7 @@ from servelab.bench import ceiling as ceilings
 from servelab.bench import corpus, stats
 from servelab.bench.bracket import QuickCeiling
 from servelab.bench.ceiling import Bracket, Ceiling
-from servelab.bench.cpuwatch import CpuWatch
+from servelab.bench.cpuwatch import CpuWatch, memory_mb
 from servelab.bench.loadgen import Load, load_window_share, read_requests, run_locust
 from servelab.bench.machine import git_state, machine, parse_cores
 from servelab.bench.setup import Setup
@@ -245,6 +245,7 @@ class Bench:
                           "loop is still busy; this run has no server-side figures")
         (out_dir / "metrics_after.txt").write_text(after)
         self.server.check_alive()
+        server_memory = memory_mb(self.server.pid)  # after the load: its queues and buffers at their largest
         rows = read_requests(locust.request_log)
         loadgen_share = locust.cpu_share(rows)
         server_share = load_window_share(server_cpu, rows)
@@ -263,6 +264,7 @@ class Bench:
         }
         (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
         summary = self.summarize(load, rows, before, after, bracket, loadgen_share, server_share)
+        summary["server_memory"] = server_memory
         if loadgen_share and summary.get("sent_rate"):  # the next load's first guess
             self.loadgen_cpu_per_request = loadgen_share / summary["sent_rate"]
         (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -393,6 +395,8 @@ def describe(summary: dict) -> str:
         f"while busy; padding {num(get('padding_share'), '.0%')} of the tokens computed; "
         f"server process {num(get('server_cpu_share'), '.0%')} of a core, "
         f"load generator {num(get('loadgen_cpu_share'), '.0%')} of its core",
+        f"server memory {num((get('server_memory') or {}).get('pss_mb'), '.0f')} MB (pss, "
+        f"{(get('server_memory') or {}).get('processes')} processes)",
     ]
     ceiling = get("ceiling") or {}
     bracket = ceiling.get("bracket")

@@ -22,6 +22,7 @@ from servelab.notebook.analysis import (
     read_trace,
     recovered_after,
     server_settings,
+    side_by_side,
 )
 from servelab.notebook.ceiling import ceiling, plot_ceiling_by_batch, reference
 from servelab.notebook.execution import NOTEBOOKS, execute, notebooks, running, tiny_fill_mask_model
@@ -35,6 +36,7 @@ from servelab.notebook.plots import (
     plot_health_during,
     plot_memory,
     plot_over_time,
+    plot_side_by_side,
     plot_timelines,
     plot_tradeoff,
     plot_variants,
@@ -70,6 +72,7 @@ __all__ = [
     "plot_health_during",
     "plot_memory",
     "plot_over_time",
+    "plot_side_by_side",
     "plot_timelines",
     "plot_tradeoff",
     "plot_variants",
@@ -82,6 +85,7 @@ __all__ = [
     "send_schedule",
     "server_settings",
     "setup",
+    "side_by_side",
     "timeline_legend",
     "tiny_fill_mask_model",
     "write_csv",
