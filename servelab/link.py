@@ -177,12 +177,17 @@ class RemoteQueue:
     """JobQueue's interface, with the queue itself in the model process. qsize: requests sent
     and not yet answered (the model process's own depth is in /metrics)."""
 
-    def __init__(self, address: str, model: FrontEndModel, model_alive=lambda: True):
+    def __init__(self, address: str, model: FrontEndModel, model_alive=lambda: True,
+                 max_queue: int | None = None, max_batch_size: int = 0):
         self.model_alive = model_alive  # a crash is seen at the next heartbeat, not after DEAD_AFTER_S
         self.socket = _socket(zmq.DEALER)
         self.socket.connect(address)
         self.model = model
-        self.max_queue = None  # the model process's limit; its refusals come back as RequestError
+        self.max_queue = max_queue  # the model process's limit; its refusals come back as RequestError
+        # This front end's requests in the model process, at most: its queue and the running batch.
+        # Past that, the model process would refuse; refused here, a request costs neither the
+        # tokenizer nor the round trip, which under overload took the core the answers needed.
+        self.most_pending = max_queue + max_batch_size if max_queue else None
         self.pending: dict[str, Job] = {}
         self.metrics_asked: dict[bytes, asyncio.Future] = {}
         self.last_heard = 0.0
@@ -194,6 +199,8 @@ class RemoteQueue:
         return not self.pending
 
     def put(self, text: str, arrived: float | None = None) -> Job:
+        if self.most_pending is not None and len(self.pending) >= self.most_pending:
+            raise QueueFull(f"{len(self.pending)} requests from this front end are in the model process")
         loop = asyncio.get_running_loop()
         job = Job(text, loop.create_future(), loop.time() if arrived is None else arrived)
         inputs = self.model.encode(text)  # the tokenizer's pass, in this process, not the model's
@@ -280,7 +287,8 @@ class FrontEndServer(Server):
     def __init__(self, variant: str, settings: Any, model: FrontEndModel, address: str, front_end: dict,
                  model_alive=lambda: True):
         super().__init__(variant, settings, model)
-        self.remote = RemoteQueue(address, model, model_alive)
+        self.remote = RemoteQueue(address, model, model_alive, settings.max_queue,
+                                  getattr(settings, "max_batch_size", 0))
         self.front_end = front_end  # {"index", "count"}: which front end this is, for /info
 
     @contextlib.asynccontextmanager

@@ -56,3 +56,30 @@ def test_a_tokenizer_that_encodes_differently_is_not_used(caplog):
     front_end = FrontEndModel(description)
     assert not isinstance(front_end.tokenizer, StandaloneTokenizer)
     assert "encodes differently" in caplog.text
+
+
+def test_a_front_end_refuses_past_what_the_model_process_could_hold_before_tokenizing(tmp_path):
+    import asyncio
+
+    from servelab.jobs import QueueFull
+    from servelab.link import RemoteQueue
+
+    class CountingModel:
+        encoded = 0
+
+        def encode(self, text):
+            self.encoded += 1
+            return {"input_ids": [101, 102]}
+
+    async def scenario():
+        model = CountingModel()
+        queue = RemoteQueue(f"ipc://{tmp_path}/link", model, max_queue=2, max_batch_size=1)
+        jobs = [queue.put(f"input {i}") for i in range(3)]  # sent: the model process may hold 2 + 1
+        with pytest.raises(QueueFull):
+            queue.put("one more")
+        assert model.encoded == 3  # the refused one was never tokenized
+        queue.drop(jobs[0], RuntimeError("client left"))  # one answered or dropped: room again
+        queue.put("now it fits")
+        queue.socket.close()
+
+    asyncio.run(scenario())

@@ -1,7 +1,8 @@
 """What the walkthrough notebooks (notebooks/*.py) import, one job per module: results folders
 and files (results), the offline ceiling (ceiling), client probes (probes), pure reading of
-traces, metrics and request rows (analysis), figures (plots), and running notebooks and servers
-(execution). This file only re-exports their public names.
+traces, metrics and request rows (analysis), figures (plots), running notebooks and servers
+(execution), and what notebooks 6 and 8 alone need (simulation, side_by_side). This file only
+re-exports their public names.
 
 The notebooks hold the prose and a few calls; the logic is here. Importing this package imports
 neither torch nor locust (a Jupyter kernel must never import locust: it hangs), and matplotlib
@@ -22,7 +23,6 @@ from servelab.notebook.analysis import (
     read_trace,
     recovered_after,
     server_settings,
-    side_by_side,
 )
 from servelab.notebook.ceiling import ceiling, plot_ceiling_by_batch, reference
 from servelab.notebook.execution import NOTEBOOKS, execute, notebooks, running, tiny_fill_mask_model
@@ -36,7 +36,6 @@ from servelab.notebook.plots import (
     plot_health_during,
     plot_memory,
     plot_over_time,
-    plot_side_by_side,
     plot_timelines,
     plot_tradeoff,
     plot_variants,
@@ -44,6 +43,7 @@ from servelab.notebook.plots import (
 )
 from servelab.notebook.probes import Prober, long_inputs, memory_mb, model_weights_mb, send_schedule
 from servelab.notebook.results import banner, fresh, read_csv, save, setup, write_csv
+from servelab.notebook.side_by_side import plot_side_by_side, side_by_side
 
 __all__ = [
     "ABOVE_NOTE",

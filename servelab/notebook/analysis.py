@@ -117,35 +117,3 @@ def recovered_after(rows: list[dict], end_s: float, slo_ms: float) -> float | No
         if all(x["p99_ok_ms"] is not None and x["p99_ok_ms"] <= slo_ms for x in late[i:] if x["ok_per_s"]):
             return r["t_s"] - end_s
     return None
-
-
-# --- Side by side (notebook 8) -------------------------------------------------------------------
-
-
-def side_by_side(points: dict[str, list[dict]], ceiling_rate: float, low: float, high: float) -> list[dict]:
-    """One row per setting from its sweep points (offered at `low` and `high` x the ceiling):
-    achieved over the ceiling and the answers by status at `high`, the p50 at `low`, the
-    server's CPU per answer at `high` (all its processes), and its memory after the `low` load."""
-    rows = []
-    for setting, mine in points.items():
-        by_load = {round(p["offered_rate"] / ceiling_rate, 2): p for p in mine}
-        light, heavy = by_load.get(round(low, 2), {}), by_load.get(round(high, 2), {})
-        achieved = heavy.get("achieved_rate") or 0.0
-        statuses = {k.removeprefix("errors_by_status."): int(v) for k, v in heavy.items()
-                    if k.startswith("errors_by_status.") and v}
-        cpu = heavy.get("server_cpu_share")
-        rows.append({
-            "setting": setting,
-            "achieved_over_ceiling": achieved / ceiling_rate,
-            "p50_ms_light": light.get("latency_ms.p50"),
-            "cpu_ms_per_answer": 1e3 * cpu / achieved if cpu and achieved else None,
-            "pss_mb": light.get("server_memory.pss_mb"),
-            "rss_mb": light.get("server_memory.rss_mb"),
-            "processes": light.get("server_memory.processes"),
-            "answered_200": int(heavy.get("ok") or 0),
-            "refused_503": statuses.pop("503", 0),
-            "late_504": statuses.pop("504", 0),
-            "no_answer": sum(statuses.values()),  # 0: connection lost; -1: unsent or unfinished at stop
-            "failed": heavy.get("failed") or light.get("failed"),
-        })
-    return rows

@@ -16,9 +16,6 @@ COLORS = {
     "thread_offloaded": "tab:purple",
     "slo_aware": "tab:red",
 }
-# Notebook 8: one colour per way of serving, whatever its number of processes.
-FAMILY_COLORS = {"thread_offloaded": COLORS["thread_offloaded"], "multi_process": "tab:blue",
-                 "LitServe": "tab:olive", "Ray Serve": "tab:cyan"}
 STATUS_COLORS = {"200": "tab:green", "503": "tab:orange", "504": "tab:red", "other": "tab:gray"}
 
 
@@ -274,41 +271,3 @@ def plot_blocking(ax, summary: list[dict]) -> None:
     ax.set_xlabel("pipeline time of the burst: sum of its calls (ms)")
     ax.set_ylabel("latency (ms)")
     ax.legend(fontsize=7)
-
-
-
-def plot_side_by_side(axes, rows: list[dict], device: str) -> None:
-    """Notebook 8: one bar per setting (rows from analysis.side_by_side) on each of five axes:
-    achieved over the ceiling under overload, p50 at light load, server CPU per answer, memory,
-    and the answers by status under overload. Latency and CPU on log scales: Ray Serve's are
-    ten to a hundred times the others'."""
-    names = [r["setting"] for r in rows]
-    x = list(range(len(rows)))
-    colors = [next((c for prefix, c in FAMILY_COLORS.items() if name.startswith(prefix)), "tab:gray")
-              for name in names]
-    panels = [("achieved_over_ceiling", "achieved / ceiling at 2x", False),
-              ("p50_ms_light", "p50 at 0.1x (ms)", True),
-              ("cpu_ms_per_answer", "server CPU per answer at 2x (ms)", True),
-              ("pss_mb", "memory, sum of PSS (MB)", False)]
-    for ax, (key, title, log) in zip(axes, panels, strict=False):
-        ax.bar(x, [r[key] or 0 for r in rows], color=colors)
-        for i, r in enumerate(rows):
-            if r[key] is None:
-                ax.annotate("n/a", (i, 0), ha="center", va="bottom", fontsize=7)
-        if log:
-            log_y(ax)
-        ax.set_title(f"{title}\n{device}", fontsize=9)
-    if len(axes) > 4:
-        bottom = [0] * len(rows)
-        for key, label, color in (("answered_200", "200", STATUS_COLORS["200"]),
-                                  ("refused_503", "503", STATUS_COLORS["503"]),
-                                  ("late_504", "504", STATUS_COLORS["504"]),
-                                  ("no_answer", "no answer", STATUS_COLORS["other"])):
-            heights = [r[key] for r in rows]
-            axes[4].bar(x, heights, bottom=bottom, label=label, color=color)
-            bottom = [b + h for b, h in zip(bottom, heights, strict=True)]
-        axes[4].set_title(f"requests at 2x, by outcome\n{device}", fontsize=9)
-        axes[4].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    for ax in axes:
-        ax.set_xticks(x, names)
-        ax.tick_params(axis="x", labelrotation=60, labelsize=8)
