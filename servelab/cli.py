@@ -24,6 +24,7 @@ class Settings:
     device: str
     online: bool
     torch_threads: int | None
+    mmap_threshold_kb: int
     max_body_bytes: int
     body_timeout_s: float
     max_connections: int | None
@@ -62,6 +63,10 @@ def build_parser(variant: str, doc: str, defaults: dict) -> argparse.ArgumentPar
         "(default: offline, only folders and the local cache)")
     add("--torch-threads", type=int, default=None,
         help="torch intra-op threads (default: torch's own choice)")
+    add("--mmap-threshold-kb", type=int, default=128,
+        help="glibc's malloc gives blocks this large their own pages, returned when freed, so that a "
+        "rare large batch leaves no lasting growth (0: glibc's default, which raises the threshold "
+        "up to 32 MB as large blocks are freed)")
     add("--max-body-bytes", type=int, default=64 * 1024,
         help="larger bodies get 413 (the rest is read and dropped first, so that the client can read it)")
     add("--body-timeout-s", type=float, default=10.0,

@@ -41,3 +41,12 @@ def test_a_sigterm_mid_soak_gives_every_request_in_flight_a_status(tmp_path):
     assert summary["lost"] == 0, summary["examples"]["lost"]
     assert summary["unexpected"] == 0, summary["examples"]["unexpected"]  # 200, or 503 once closing
     assert summary["sigterm"]["exited_within_5_s"], summary["sigterm"]
+
+
+def test_the_servers_fix_mallocs_mmap_threshold():
+    """--mmap-threshold-kb (default 128): large blocks keep their own pages, returned when freed."""
+    from servelab.cli import parse_settings
+    from servelab.server import fix_mmap_threshold
+
+    assert parse_settings("deadline", "", {}, []).mmap_threshold_kb == 128
+    assert fix_mmap_threshold(128 * 1024) is True  # glibc, as on every machine this suite runs on
