@@ -7,6 +7,8 @@ with no path of the machine it was made on.
 - Keeps what explains a figure: summaries, manifests, server logs, traces, CSVs, PNGs, the
   executed notebooks. Drops the bulky scratch: per-request CSVs, Locust logs, /metrics scrapes,
   and the tiny random BERT the fill-mask notebooks build.
+- Cuts a server log longer than LOG_LINES to its first and last lines (Ray Serve's proxy logs a
+  warning per request under overload: megabytes that say one thing), noting what was cut.
 - Rewrites absolute paths in every text file: the source folder becomes DEST's path in the
   repository, the repository's own root becomes relative ("." and below), so that a reader's
   clone resolves them.
@@ -23,6 +25,7 @@ REPO = Path(__file__).resolve().parents[2]
 DROP_NAMES = {"requests.csv", "locust.log", "metrics_before.txt", "metrics_after.txt", "models"}
 DROP_SUFFIXES = {".safetensors", ".bin", ".pt", ".tmp"}
 TEXT_SUFFIXES = {".json", ".jsonl", ".csv", ".ipynb", ".log", ".txt", ".md"}
+LOG_LINES = 2000  # a longer .log keeps its first 1,500 and last 500 lines
 
 
 def curate(source: Path, dest: Path) -> tuple[int, int]:
@@ -42,13 +45,22 @@ def curate(source: Path, dest: Path) -> tuple[int, int]:
         if path.suffix not in TEXT_SUFFIXES:
             continue
         text = path.read_text(encoding="utf-8", errors="surrogateescape")
-        new = text
+        new = shorten_log(text) if path.suffix == ".log" else text
         for old, replacement in replacements:
             new = new.replace(old, replacement)
         if new != text:
             path.write_text(new, encoding="utf-8", errors="surrogateescape")
             rewritten += 1
     return kept, rewritten
+
+
+def shorten_log(text: str) -> str:
+    lines = text.splitlines(keepends=True)
+    if len(lines) <= LOG_LINES:
+        return text
+    head, tail = lines[:1500], lines[-500:]
+    cut = len(lines) - len(head) - len(tail)
+    return "".join(head) + f"[... {cut} lines cut by results/reference/curate.py ...]\n" + "".join(tail)
 
 
 def main() -> None:
