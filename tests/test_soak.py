@@ -43,10 +43,11 @@ def test_a_sigterm_mid_soak_gives_every_request_in_flight_a_status(tmp_path):
     assert summary["sigterm"]["exited_within_5_s"], summary["sigterm"]
 
 
-def test_the_servers_fix_mallocs_mmap_threshold():
-    """--mmap-threshold-kb (default 128): large blocks keep their own pages, returned when freed."""
+def test_the_servers_can_fix_mallocs_mmap_threshold():
+    """--mmap-threshold-kb (off by default: it costs speed): large blocks get their own pages."""
     from servelab.cli import parse_settings
     from servelab.server import fix_mmap_threshold
 
-    assert parse_settings("deadline", "", {}, []).mmap_threshold_kb == 128
+    assert parse_settings("deadline", "", {}, []).mmap_threshold_kb == 0
+    assert parse_settings("deadline", "", {}, ["--mmap-threshold-kb", "128"]).mmap_threshold_kb == 128
     assert fix_mmap_threshold(128 * 1024) is True  # glibc, as on every machine this suite runs on
