@@ -11,13 +11,14 @@ with no path of the machine it was made on.
   warning per request under overload: megabytes that say one thing), noting what was cut.
 - Rewrites absolute paths in every text file: the source folder becomes DEST's path in the
   repository, the repository's own root becomes relative ("." and below), so that a reader's
-  clone resolves them.
+  clone resolves them; the Python installation's own path becomes `<python>`.
 """
 
 from __future__ import annotations
 
 import argparse
 import shutil
+import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -36,7 +37,8 @@ def curate(source: Path, dest: Path) -> tuple[int, int]:
     shutil.copytree(source, dest, ignore=lambda _, names: [n for n in names if n in DROP_NAMES
                                                            or Path(n).suffix in DROP_SUFFIXES])
     relative_dest = dest.relative_to(REPO).as_posix()
-    replacements = [(str(source), relative_dest), (str(REPO) + "/", ""), (str(REPO), ".")]
+    replacements = [(str(source), relative_dest), (str(REPO) + "/", ""), (str(REPO), "."),
+                    (sys.base_prefix + "/", "<python>/")]  # the interpreter's own files, in tracebacks
     kept = rewritten = 0
     for path in sorted(dest.rglob("*")):
         if not path.is_file():
