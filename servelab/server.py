@@ -357,6 +357,15 @@ class CountStatuses:
             self.metrics.requests.labels(str(status)).inc()
 
 
+def closing_error(status: int, reason: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    """Our JSON error, with a new request id, for a middleware that refuses before the app runs;
+    the connection is closed after it."""
+    request_id = new_request_id()
+    body = {"error": reason, "status": status, "request_id": request_id}
+    headers = {"X-Request-ID": request_id, "Connection": "close", **(headers or {})}
+    return JSONResponse(body, status, headers=headers)
+
+
 class LimitConnections:
     """ASGI middleware: 503 for a request that arrives while more than `limit` connections are open.
 
@@ -375,11 +384,8 @@ class LimitConnections:
         if scope["type"] != "http" or self.limit is None or count <= self.limit:
             return await self.app(scope, receive, send)
         await _drain(Request(scope, receive))
-        request_id = new_request_id()
         reason = f"{count} connections are open; the limit is {self.limit} (--max-connections)"
-        body = {"error": reason, "status": 503, "request_id": request_id}
-        headers = {"X-Request-ID": request_id, "Connection": "close", "Retry-After": "1"}
-        await JSONResponse(body, 503, headers=headers)(scope, receive, send)
+        await closing_error(503, reason, {"Retry-After": "1"})(scope, receive, send)
 
 
 class LimitHeaders:
@@ -399,10 +405,7 @@ class LimitHeaders:
             if size > MAX_HEADER_BYTES or len(headers) > MAX_HEADERS:
                 reason = (f"request headers are {size} bytes in {len(headers)} lines; the limits are "
                           f"{MAX_HEADER_BYTES} bytes and {MAX_HEADERS} lines")
-                request_id = new_request_id()
-                body = {"error": reason, "status": 431, "request_id": request_id}
-                headers = {"X-Request-ID": request_id, "Connection": "close"}
-                return await JSONResponse(body, 431, headers=headers)(scope, receive, send)
+                return await closing_error(431, reason)(scope, receive, send)
         return await self.app(scope, receive, send)
 
 
