@@ -19,3 +19,8 @@ class SentenceEmbeddingPipeline(FeatureExtractionPipeline):
 
     def postprocess(self, model_outputs, **_):
         return torch.nn.functional.normalize(model_outputs["embedding"].float(), dim=-1)[0].tolist()
+
+    def postprocess_batch(self, model_outputs, **_) -> list[list[float]]:
+        """postprocess() for a whole batch at once (LoadedModel.predict_encoded): one normalize
+        and one tolist, not one of each per input."""
+        return torch.nn.functional.normalize(model_outputs["embedding"].float(), dim=-1).tolist()

@@ -83,3 +83,31 @@ def test_a_front_end_refuses_past_what_the_model_process_could_hold_before_token
         queue.socket.close()
 
     asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_padding_token_ids_matches_the_tokenizers_own_pad(side):
+    tokenizer = AutoTokenizer.from_pretrained(default_model_dir())
+    tokenizer.padding_side = side
+    inputs = [models.encode(tokenizer, "feature-extraction", 256, text) for text in load_prompts()[:40]]
+    expected = tokenizer.pad(inputs, return_tensors="pt")
+    padded = models.pad_token_ids(inputs, tokenizer.pad_token_id, side)
+    assert padded.keys() == expected.keys()
+    for key, tensor in expected.items():
+        assert padded[key].equal(tensor), key
+
+
+def test_the_model_process_answers_what_the_pipeline_answers(default_model, tiny_fill_mask_model):
+    """predict_encoded (token ids from a front end) and predict (texts) give each input the same
+    answer, in the same order, for a batch of inputs of different lengths."""
+    texts = load_prompts()[:24]
+    from_ids = default_model.predict_encoded([default_model.encode(text) for text in texts])
+    for got, expected in zip(from_ids, default_model.predict(texts), strict=True):
+        assert got == pytest.approx(expected, abs=1e-5)
+    fill_mask = models.load_model(str(tiny_fill_mask_model), device="cpu")
+    rng = random.Random(1)
+    texts = [with_mask(text, fill_mask.mask_token, rng) for text in load_prompts()[:12]]
+    from_ids = fill_mask.predict_encoded([fill_mask.encode(text) for text in texts])
+    for got, expected in zip(from_ids, fill_mask.predict(texts), strict=True):
+        assert [a["token"] for a in got] == [e["token"] for e in expected]
+        assert [a["score"] for a in got] == pytest.approx([e["score"] for e in expected], abs=1e-5)
