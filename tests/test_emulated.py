@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 
 import httpx
 import numpy as np
 import pytest
+import torch
 
 from servelab import emulated
 from servelab.costmodel import fit
@@ -47,6 +49,31 @@ def test_a_profile_can_be_a_path(tmp_path):
         Profile.load("no-such-profile")
 
 
+def test_the_launch_cpu_a_profile_measured_is_spent_busy_and_the_rest_waited(tmp_path, monkeypatch):
+    path = tmp_path / "gpu.json"
+    path.write_text(json.dumps({"sequence_tokens": 16, "points": [
+        {"batch_size": 1, "seconds": 0.004, "launch_cpu_seconds": 0.003},
+        {"batch_size": 64, "seconds": 0.004, "launch_cpu_seconds": 0.002}]}))
+    profile = Profile.load(str(path))
+    assert profile.launch_cpu_seconds(8, 16) == pytest.approx(0.003 - 0.001 * 112 / 1008)
+    assert Profile.load("h200-bert-base").launch_cpu_seconds(32, 16) == 0  # not measured: all wait
+    model = load_model(device=f"emulated:{path}")
+    model.predict(distinct_inputs(4))  # warm
+    waits, yields = [], []
+    real_sleep, real_yield = emulated.time.sleep, emulated.os.sched_yield
+    monkeypatch.setattr(emulated.time, "sleep", lambda s: (waits.append(s), real_sleep(s)))
+    monkeypatch.setattr(emulated.os, "sched_yield", lambda: (yields.append(1), real_yield()))
+    cpu, wall = time.thread_time(), time.perf_counter()
+    model.pipe.model(input_ids=torch.ones(8, 16, dtype=torch.long))
+    cpu, wall = time.thread_time() - cpu, time.perf_counter() - wall
+    busy = profile.launch_cpu_seconds(8, 16)
+    assert cpu >= busy  # busy for the launch CPU, on this thread ...
+    assert len(yields) > 10  # ... letting go of the GIL between short turns ...
+    assert len(waits) == 1  # ... then waiting out the rest of the 4 ms
+    assert waits[0] <= 0.004 - busy + 1e-9
+    assert 0.004 <= wall < 0.004 + 0.003
+
+
 def test_an_unknown_profile_is_a_clear_load_error():
     with pytest.raises(ModelLoadError, match="no device profile 'nope'"):
         load_model(device="emulated:nope")
@@ -63,7 +90,10 @@ def test_the_pipeline_runs_for_real_and_only_the_forward_pass_waits(monkeypatch)
     alone = [model.predict([t])[0] for t in texts]
     assert len(waits) == 1 + len(texts)  # one forward pass per pipeline call
     _, padded = model.token_counts(texts)
-    assert waits[0] == pytest.approx(Profile.load("h200-bert-base").forward_seconds(8, padded // 8))
+    # The wait is what the profile says, less the stand-in's own work (this profile measured no
+    # launch CPU, so there is no busy part).
+    assert 0 < waits[0] <= Profile.load("h200-bert-base").forward_seconds(8, padded // 8)
+    assert waits[0] > Profile.load("h200-bert-base").forward_seconds(8, padded // 8) - 0.005
     got, expected = np.array(batch), np.array(alone)
     assert got.shape == (8, 384)
     np.testing.assert_allclose(got, expected, atol=1e-5)  # padding changes nothing: pooled with the mask

@@ -52,25 +52,30 @@ def measure(model: str | None = None, task: str | None = None, device: str = "au
                             max_length=length, return_tensors="pt").to(net.device)
         for size in batch_sizes:
             inputs = {name: tensor[:size] for name, tensor in encoded.items()}
-            times, cpu_times = [], []
+            times, cpu_times, launch_cpu_times = [], [], []
             with torch.inference_mode():
                 for _ in range(2):  # warm-up: the first call at a shape is slow
                     net(**inputs)
                 while sum(times) < min_seconds or len(times) < 3:
                     start, cpu_start = time.perf_counter(), time.thread_time()
                     net(**inputs)
+                    launch_cpu_times.append(time.thread_time() - cpu_start)
                     if on_cuda:
                         torch.cuda.synchronize()
                     times.append(time.perf_counter() - start)
                     cpu_times.append(time.thread_time() - cpu_start)
             seconds = statistics.median(times)
-            # The calling thread's CPU time per call: on a launch-bound GPU most of the wall time
-            # is this thread issuing kernels, which an emulated wait does not reproduce
-            # (results/reference/nvidia-h200/README.md). Recorded for that, not yet replayed.
-            cpu_seconds = statistics.median(cpu_times)
-            points.append({"batch_size": size, "tokens": length, "seconds": round(seconds, 7),
-                           "cpu_seconds": round(cpu_seconds, 7), "seq_per_s": round(size / seconds, 2),
-                           "calls": len(times), "measured": True})
+            point = {"batch_size": size, "tokens": length, "seconds": round(seconds, 7),
+                     "cpu_seconds": round(statistics.median(cpu_times), 7),
+                     "seq_per_s": round(size / seconds, 2), "calls": len(times), "measured": True}
+            if on_cuda:
+                # The calling thread's CPU time until the call returns, its kernels queued: on a
+                # launch-bound GPU, much of the forward pass is this thread issuing kernels with
+                # the GIL mostly held. The emulated device spends it (servelab/emulated.py).
+                # cpu_seconds also counts the synchronize's spin-wait, which a server's thread
+                # spends with the GIL released.
+                point["launch_cpu_seconds"] = round(statistics.median(launch_cpu_times), 7)
+            points.append(point)
             progress(f"batch {size:4d} x {length:3d} tokens: {seconds * 1000:8.2f} ms")
     model_fit, errors = fit(points)
     where = {k: v for k, v in machine().items() if k != "executable"}  # no path of this machine
