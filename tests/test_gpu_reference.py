@@ -23,7 +23,7 @@ def fake_run(tmp_path: Path, **options) -> Run:
                                         work=tmp_path / "work", **options))
     run.ceiling_path.parent.mkdir(parents=True)
     run.ceiling_path.write_text(json.dumps({
-        "ceiling_seq_per_s": 400.0,
+        "ceiling_seq_per_s": 400.0, "best_batch_size": 8,
         "by_batch_size": [{"batch_size": 1, "seq_per_s": 200.0}, {"batch_size": 8, "seq_per_s": 400.0}],
     }))
     return run
@@ -44,8 +44,8 @@ def test_every_step_needs_only_steps_before_it_and_writes_its_own_files():
 def test_the_served_runs_cover_the_variants_and_their_emulated_twins(tmp_path):
     (tmp_path / "multi_process.py").write_text("")
     settings = plan.served_settings(tmp_path)
-    assert [s.name for s in settings] == ["thread_offloaded", "multi_process-4", "slo_aware",
-                                          "multi_process-8", "multi_process-2"]
+    assert [s.name for s in settings] == ["thread_offloaded", "multi_process-8", "slo_aware",
+                                          "multi_process-4", "multi_process-2"]
     assert [s.name for s in plan.served_settings(tmp_path / "none")] == ["thread_offloaded", "slo_aware"]
     names = [s.name for s in plan.plan(settings)]
     for setting in settings:
@@ -76,7 +76,8 @@ def test_command_lines_carry_the_measured_objective_and_the_layout(tmp_path):
     assert slo[slo.index("--load-processes") + 1] == "2"
     mp = plan.served_step(Served("multi_process", ("--front-ends", "4")), emulated=False).argv(run)
     assert mp[mp.index("--device") + 1] == "cuda"
-    assert mp[mp.index("--") + 1:] == ["--front-ends", "4"]
+    # Batches as large as the ceiling's best, and a queue of four of them.
+    assert mp[mp.index("--") + 1:] == ["--front-ends", "4", "--max-batch-size", "8", "--max-queue", "32"]
     profile = plan.profile_step("bert-base", "float16").argv(run)
     assert profile[profile.index("--dtype") + 1] == "float16"
     assert profile[profile.index("--cores") + 1] == "0"  # one core: the server's first

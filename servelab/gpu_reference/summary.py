@@ -91,13 +91,20 @@ def profile_rows(run) -> list[dict]:
         profile = json.loads(path.read_text())
         cost = profile["cost_model"]
         best = max(profile["points"], key=lambda p: p["seq_per_s"])
-        # How much of a forward pass is this CPU's own work (profiles from before it was recorded: None).
-        shares = sorted(p["cpu_seconds"] / p["seconds"] for p in profile["points"] if "cpu_seconds" in p)
         rows.append({"profile": path.stem, "a_ms": cost["a_s"] * 1000, "k_us": cost["k_s_per_token"] * 1e6,
                      "worst_error": max(abs(p["relative_error"]) for p in cost["points"]),
                      "best_seq_per_s": best["seq_per_s"], "at": f"{best['batch_size']}x{best['tokens']}",
-                     "cpu_share": shares[len(shares) // 2] if shares else None})
+                     # How much of a forward pass is the calling thread's own work, in all (with
+                     # the synchronize's spin) and until the call returns (what the emulated
+                     # device spends busy); None in profiles from before each was recorded.
+                     "cpu_share": _median_share(profile["points"], "cpu_seconds"),
+                     "launch_share": _median_share(profile["points"], "launch_cpu_seconds")})
     return rows
+
+
+def _median_share(points: list[dict], field: str) -> float | None:
+    shares = sorted(p[field] / p["seconds"] for p in points if field in p)
+    return shares[len(shares) // 2] if shares else None
 
 
 def summarize(run) -> dict:
@@ -151,7 +158,8 @@ def render(summary: dict) -> str:
         for p in summary["profiles"]:
             lines.append(f"{p['profile']:24} a {p['a_ms']:.3f} ms  k {p['k_us']:.4f} us  worst point off "
                          f"{p['worst_error']:.0%}  best {p['best_seq_per_s']:.0f} seq/s at {p['at']}  "
-                         f"CPU {_f(p['cpu_share'], '.0%')} of a call")
+                         f"CPU {_f(p['cpu_share'], '.0%')} of a call, "
+                         f"{_f(p['launch_share'], '.0%')} before it returns")
     not_ok = [s for s in summary["steps"] if s["status"] != "ok"]
     lines += ["", f"steps: {len(summary['steps']) - len(not_ok)} ok of {len(summary['steps'])}, "
               f"{summary['seconds']:.0f} s"]
