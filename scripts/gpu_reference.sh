@@ -4,7 +4,7 @@
 # packages. Everything it needs travels in .gpu/ (ignored by git), made here beforehand:
 #
 #   bash scripts/gpu_reference.sh --prepare     # here, with the network: .gpu/wheels, .gpu/minilm, .gpu/commit
-#   bash scripts/gpu_reference.sh OUT_FOLDER    # there: install the wheels, check, run the plan
+#   bash scripts/gpu_reference.sh OUT_FOLDER [gpu-reference options]   # there: install, check, run
 #
 # MiniLM's weights (87 MB) do not fit in what a lent machine takes along, so .gpu/minilm holds
 # its config and tokenizer, and the run serves a random-weight copy of its shapes: a server's
@@ -51,4 +51,4 @@ PY
 "$PYTHON" -m locust --version
 
 "$PYTHON" -m servelab gpu-reference --device "$DEVICE" --scale "${SCALE:-full}" --minilm "$CARRY/minilm" \
-    --out "$OUT_FOLDER" --budget-s "${BUDGET_S:-480}"
+    --out "$OUT_FOLDER" --budget-s "${BUDGET_S:-480}" "${@:2}"
