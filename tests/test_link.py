@@ -111,3 +111,18 @@ def test_the_model_process_answers_what_the_pipeline_answers(default_model, tiny
     for got, expected in zip(from_ids, fill_mask.predict(texts), strict=True):
         assert [a["token"] for a in got] == [e["token"] for e in expected]
         assert [a["score"] for a in got] == pytest.approx([e["score"] for e in expected], abs=1e-5)
+
+
+def test_the_model_process_ceiling_times_token_ids_and_keeps_its_own_file(tiny_fill_mask_model, tmp_path):
+    from servelab.bench import ceiling
+
+    kwargs = {"model": str(tiny_fill_mask_model), "device": "cpu", "batch_sizes": (1, 4),
+              "min_seconds": 0.05, "rounds": 1, "progress": lambda *_: None}
+    ids = ceiling.measure(**kwargs, from_token_ids=True)
+    texts = ceiling.measure(**kwargs)
+    assert ids["inputs"].startswith("token ids")
+    assert texts["inputs"] == "texts"
+    assert all(row["seq_per_s"] > 0 and row["mean_padded_length"] > 2 for row in ids["by_batch_size"])
+    written = ceiling.write(ids, tmp_path), ceiling.write(texts, tmp_path)
+    assert written[0] != written[1]  # the server's ceiling, looked up by name, stays the text one
+    assert ceiling.find_ceiling(tmp_path, texts["model"], texts["torch_threads"])["inputs"] == "texts"

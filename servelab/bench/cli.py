@@ -256,6 +256,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ceiling.add_argument("--seed", type=int, default=0, help="order of the inputs")
     ceiling.add_argument(
+        "--from-token-ids", action="store_true",
+        help="time the model's work on inputs tokenized beforehand, as multi_process's model process "
+        "does it (its front ends tokenize): that process's ceiling, not a whole server's",
+    )
+    ceiling.add_argument(
         "--results-dir", type=Path, default=RESULTS, help="writes results/ceiling/<model>...json"
     )
     ceiling.add_argument("--out", type=Path, default=None, help="write here instead (JSON; a CSV beside it)")
@@ -433,6 +438,7 @@ def cmd_ceiling(args, extra: list[str]) -> int:
         batch_sizes=args.batch_sizes,
         min_seconds=args.min_seconds,
         seed=args.seed,
+        from_token_ids=args.from_token_ids,
     )
     path = ceiling.write(result, args.results_dir, args.out)
     print(f"ceiling {result['ceiling_seq_per_s']:.1f} seq/s at batch size {result['best_batch_size']}")
