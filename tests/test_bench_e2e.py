@@ -90,6 +90,18 @@ def test_a_load_shared_by_two_locust_processes(tmp_path):
     assert 0 < result.summary["loadgen_cpu_share"] < 2
 
 
+def test_a_max_rate_search_with_two_locust_processes_keeps_its_best_step(tmp_path):
+    # The H200 run's searches failed at the end: they copied one locust.log, and two or more
+    # processes write locust-N.log each.
+    load = Load.open(rate=8, duration_s=2, arrivals="uniform", processes=2)
+    setup = Setup(results_dir=tmp_path, ceiling=70.0, bracket=False, slo_ms=2000)
+    result = run("deadline", {"max_wait_ms": 2}, load, setup, find_max_rate=True, max_rate_steps=2,
+                 progress=None)
+    assert result.summary["max_sustainable_rate"] >= 8
+    assert {"locust-0.log", "locust-1.log", "requests.csv", "manifest.json"} <= {
+        p.name for p in result.run_dir.iterdir()}
+
+
 def test_a_server_that_dies_gives_its_log(tmp_path):
     # deadline.py has no --max-batch-size: argparse exits, and the error says why.
     with (

@@ -360,9 +360,10 @@ def run(variant: str, server_args: dict | list | None = None, load: Load | None 
                 max_rate_search=found["search"],
             )
             if found["best_dir"] is not None:  # the run folder shows the best passing step
-                for name in ("requests.csv", "manifest.json", "locust.log", "metrics_before.txt",
-                             "metrics_after.txt"):
-                    shutil.copy(found["best_dir"] / name, run_dir / name)
+                # Every file of it: one locust.log, or locust-N.log for each of several processes.
+                for path in found["best_dir"].iterdir():
+                    if path.is_file():
+                        shutil.copy(path, run_dir / path.name)
             else:
                 (run_dir / "manifest.json").write_text(json.dumps(bench.base_manifest(), indent=2) + "\n")
             (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
