@@ -81,6 +81,13 @@ def test_a_front_end_refuses_past_what_the_model_process_could_hold_before_token
         queue.drop(jobs[0], RuntimeError("client left"))  # one answered or dropped: room again
         queue.put("now it fits")
         queue.socket.close()
+        # One of 4 front ends may hold a quarter of it, rounded up: 2 of (6 + 2).
+        shared = RemoteQueue(f"ipc://{tmp_path}/link2", model, max_queue=6, max_batch_size=2, front_ends=4)
+        shared.put("first")
+        shared.put("second")
+        with pytest.raises(QueueFull):
+            shared.put("third")
+        shared.socket.close()
 
     asyncio.run(scenario())
 
