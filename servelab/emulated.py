@@ -11,7 +11,7 @@ thread's CPU time until a GPU call returns, its kernels queued) is spent busy on
 taking the GIL in short turns as issuing kernel after kernel does; the rest is time.sleep, which
 releases the GIL as waiting for the GPU does. A launch-bound GPU (MiniLM's forward pass on an
 H200 is 2-4 ms whatever the batch) spends most of its time in that first part, and an emulation
-that only sleeps ran 1.5x too fast there (results/reference/nvidia-h200/README.md).
+that only sleeps ran 1.5x too fast there (results/reference/nvidia-h200/first-run-defaults/).
 
 A profile (servelab/profiles/NAME.json, or any path; `python -m servelab profile` measures
 one) gives the forward time by batch size, at `sequence_tokens` or at each point's own `tokens`.

@@ -17,6 +17,7 @@ with no path of the machine it was made on.
 from __future__ import annotations
 
 import argparse
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -25,6 +26,13 @@ REPO = Path(__file__).resolve().parents[2]
 # models/: the tiny random-weight BERT the fill-mask notebooks build (rebuilt on every run).
 DROP_NAMES = {"requests.csv", "locust.log", "metrics_before.txt", "metrics_after.txt", "models"}
 DROP_SUFFIXES = {".safetensors", ".bin", ".pt", ".tmp"}
+LOCUST_LOG = re.compile(r"locust(-\d+)?\.log")  # one Locust process's log, or each of several
+
+
+def _dropped(name: str) -> bool:
+    return name in DROP_NAMES or bool(LOCUST_LOG.fullmatch(name))
+
+
 TEXT_SUFFIXES = {".json", ".jsonl", ".csv", ".ipynb", ".log", ".txt", ".md"}
 LOG_LINES = 2000  # a longer .log keeps its first 1,500 and last 500 lines
 
@@ -34,7 +42,7 @@ def curate(source: Path, dest: Path) -> tuple[int, int]:
     source, dest = source.resolve(), dest.resolve()
     if dest.exists():
         shutil.rmtree(dest)
-    shutil.copytree(source, dest, ignore=lambda _, names: [n for n in names if n in DROP_NAMES
+    shutil.copytree(source, dest, ignore=lambda _, names: [n for n in names if _dropped(n)
                                                            or Path(n).suffix in DROP_SUFFIXES])
     relative_dest = dest.relative_to(REPO).as_posix()
     replacements = [(str(source), relative_dest), (str(REPO) + "/", ""), (str(REPO), "."),
