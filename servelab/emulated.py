@@ -12,6 +12,9 @@ taking the GIL in short turns as issuing kernel after kernel does; the rest is t
 releases the GIL as waiting for the GPU does. A launch-bound GPU (MiniLM's forward pass on an
 H200 is 2-4 ms whatever the batch) spends most of its time in that first part, and an emulation
 that only sleeps ran 1.5x too fast there (results/reference/nvidia-h200/first-run-defaults/).
+Holding the GIL for all of it errs the other way: much of a real launch is spent in torch's
+dispatch and the driver with the GIL released, so under load the emulated model process is the
+slower one (results/reference/nvidia-h200/README.md). A profile cannot yet tell the two apart.
 
 A profile (servelab/profiles/NAME.json, or any path; `python -m servelab profile` measures
 one) gives the forward time by batch size, at `sequence_tokens` or at each point's own `tokens`.
