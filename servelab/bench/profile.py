@@ -70,10 +70,11 @@ def measure(model: str | None = None, task: str | None = None, device: str = "au
                      "seq_per_s": round(size / seconds, 2), "calls": len(times), "measured": True}
             if on_cuda:
                 # The calling thread's CPU time until the call returns, its kernels queued: on a
-                # launch-bound GPU, much of the forward pass is this thread issuing kernels with
-                # the GIL mostly held. The emulated device spends it (servelab/emulated.py).
-                # cpu_seconds also counts the synchronize's spin-wait, which a server's thread
-                # spends with the GIL released.
+                # launch-bound GPU, much of the forward pass is this thread issuing kernels. The
+                # emulated device spends it busy (servelab/emulated.py). How much of it holds the
+                # GIL is not measured: on the H200, much of it was spent in torch's dispatch and
+                # the driver, with the GIL released. cpu_seconds also counts the synchronize's
+                # spin-wait.
                 point["launch_cpu_seconds"] = round(statistics.median(launch_cpu_times), 7)
             points.append(point)
             progress(f"batch {size:4d} x {length:3d} tokens: {seconds * 1000:8.2f} ms")

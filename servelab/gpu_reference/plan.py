@@ -71,6 +71,9 @@ def served_settings(variants_dir: Path = VARIANTS_DIR) -> list[Served]:
     return settings
 
 
+CEILING = "ceiling/ceiling.json"  # the pipeline's, from texts: every served run's denominator
+TOKEN_IDS_CEILING = "ceiling/token-ids.json"  # the model on token ids: multi_process's model process
+
 # Settings served, with their emulated twins, before the other profiles; the rest after them.
 EMULATED_FIRST = 3
 
@@ -118,7 +121,11 @@ class Run:
 
     @property
     def ceiling_path(self) -> Path:
-        return self.out / "ceiling" / "ceiling.json"
+        return self.out / CEILING
+
+    @property
+    def token_ids_ceiling_path(self) -> Path:
+        return self.out / TOKEN_IDS_CEILING
 
     def objective_ms(self) -> float:
         """10x the pipeline's batch-1 time in the ceiling: slo_aware's own default, so that every
@@ -175,7 +182,7 @@ def profile_step(model: str, dtype: str) -> Step:
 
 
 def ceiling_step(from_token_ids: bool = False) -> Step:
-    path = "ceiling/token-ids.json" if from_token_ids else "ceiling/ceiling.json"
+    path = TOKEN_IDS_CEILING if from_token_ids else CEILING
 
     def argv(run: Run) -> list[str]:
         s = run.scale

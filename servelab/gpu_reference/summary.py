@@ -22,7 +22,7 @@ def _number(text):
 
 def served_rows(run) -> list[dict]:
     """One row per served run, real and emulated: the sweep CSVs' columns that matter here."""
-    ceiling = _ceiling(run)
+    ceiling = _ceiling(run.ceiling_path)
     rows = []
     for emulated, folder in ((False, "served"), (True, "emulated")):
         for path in sorted((run.out / folder).glob("*.csv")):
@@ -45,8 +45,7 @@ def served_rows(run) -> list[dict]:
     return rows
 
 
-def _ceiling(run, name: str = "ceiling.json") -> float | None:
-    path = run.ceiling_path.with_name(name)
+def _ceiling(path) -> float | None:
     if not path.is_file():
         return None
     return json.loads(path.read_text())["ceiling_seq_per_s"]
@@ -113,9 +112,9 @@ def summarize(run) -> dict:
     steps_path = run.out / "steps.json"
     steps = json.loads(steps_path.read_text()) if steps_path.is_file() else []
     summary = {
-        "ceiling_seq_per_s": _ceiling(run),
+        "ceiling_seq_per_s": _ceiling(run.ceiling_path),
         # multi_process's model process does not tokenize: its own ceiling is the model on token ids.
-        "token_ids_ceiling_seq_per_s": _ceiling(run, "token-ids.json"),
+        "token_ids_ceiling_seq_per_s": _ceiling(run.token_ids_ceiling_path),
         "objective_ms": run.objective_ms() if run.ceiling_path.is_file() else None,
         "served": rows,
         "emulated_vs_real": emulation_check(rows),
