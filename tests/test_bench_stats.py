@@ -280,6 +280,16 @@ def test_a_bracket_flags_a_rate_above_its_upper_end_by_more_than_its_spread():
     assert Ceiling(70.0, "given").ratio(35.0) == 0.5
 
 
+def test_without_a_bracket_any_rate_above_the_ceiling_is_flagged():
+    from servelab.bench.run import judge
+
+    assert judge(Ceiling(70.0, "given"), 35.0)["above_ceiling"] is False
+    assert judge(Ceiling(70.0, "given"), 70.5)["above_ceiling"] is True  # no spread to allow for
+    assert judge(Ceiling(70.0, "given"), None)["above_ceiling"] is None
+    bracketed = Ceiling(70.0, "given").with_bracket(Bracket(before=80.0, after=76.0))
+    assert judge(bracketed, 82.0)["above_ceiling"] is False  # within the bracket's spread, as before
+
+
 def test_a_ceiling_from_a_measurement_brackets_its_fastest_batch_sizes():
     rates = [(1, 63), (2, 79), (4, 85), (8, 82), (16, 82.5), (64, 76)]
     rows = [{"batch_size": b, "seq_per_s": r} for b, r in rates]

@@ -145,6 +145,7 @@ def test_emulated_against_real_in_the_summary(tmp_path):
     assert result["served"][0]["ceiling_ratio"] == pytest.approx(700 / 400)
     text = (run.out / "summary.md").read_text()
     assert "MISS" in text
+    assert "ABOVE" in text  # 700 answers/s against a ceiling of 400: flagged, not just a ratio
     assert "objective 50.0 ms" in text
 
 

@@ -26,7 +26,7 @@ from pathlib import Path
 from servelab.bench import ceiling as ceilings
 from servelab.bench import corpus, stats
 from servelab.bench.bracket import QuickCeiling
-from servelab.bench.ceiling import Bracket, Ceiling
+from servelab.bench.ceiling import ABOVE_NOTE, Bracket, Ceiling
 from servelab.bench.cpuwatch import CpuWatch, memory_mb
 from servelab.bench.loadgen import Load, load_window_share, read_requests, run_locust
 from servelab.bench.machine import git_state, machine, parse_cores
@@ -327,12 +327,15 @@ def judge(ceiling: Ceiling | None, achieved: float | None) -> dict:
     if ceiling is None:
         return {"ceiling": None, "ceiling_seq_per_s": None, "ceiling_ratio": None, "above_ceiling": None}
     detail = ceiling.to_dict(achieved)
-    bracket = detail["bracket"] or {}
+    if detail["bracket"]:  # above the bracket by more than its own spread
+        above = detail["bracket"].get("above_ceiling")
+    else:  # no bracket to say how far the machine drifts: any rate above the ceiling
+        above = None if achieved is None else achieved > ceiling.value
     return {
         "ceiling": detail,
         "ceiling_seq_per_s": ceiling.denominator,
         "ceiling_ratio": ceiling.ratio(achieved),
-        "above_ceiling": bracket.get("above_ceiling"),
+        "above_ceiling": above,
     }
 
 
@@ -410,7 +413,8 @@ def describe(summary: dict) -> str:
         )
     elif get("ceiling_ratio") is not None:
         lines.append(f"ceiling {num(get('ceiling_seq_per_s'), '.1f')} seq/s ({ceiling.get('source')}): "
-                     f"ratio {num(get('ceiling_ratio'))}")
+                     f"ratio {num(get('ceiling_ratio'))}"
+                     + (f"  ** {ABOVE_NOTE} **" if get("above_ceiling") else ""))
     if "max_sustainable_rate" in summary:
         lines.append(
             f"max sustainable rate: {num(summary['max_sustainable_rate'])}/s "

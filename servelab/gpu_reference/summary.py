@@ -142,12 +142,18 @@ def render(summary: dict) -> str:
     lines += ["served runs (x: achieved / ceiling)",
               f"{'setting':28} {'device':8} {'load':>5} {'offered':>8} {'achieved':>8} {'x':>5} "
               f"{'p50 ms':>7} {'p99 ms':>7} {'errors':>6}"]
-    for r in summary["served"]:
+    above = [(r["ceiling_ratio"] or 0) > 1 for r in summary["served"]]
+    for r, is_above in zip(summary["served"], above, strict=True):
         lines.append(f"{r['setting']:28} {'emulated' if r['emulated'] else 'real':8} {r['rate'] or '':>5} "
                      f"{_f(r['offered_rate'])!s:>8} {_f(r['achieved_rate'])!s:>8} "
                      f"{_f(r['ceiling_ratio'], '.2f')!s:>5} {_f(r['p50_ms'], '.1f')!s:>7} "
                      f"{_f(r['p99_ms'], '.1f')!s:>7} {_f(r['error_fraction'], '.0%')!s:>6}"
+                     + ("  ABOVE" if is_above else "")
                      + (f"  FAILED {r['failed'][:40]}" if r["failed"] else ""))
+    if any(above):
+        lines.append("ABOVE: more than the ceiling, so the ceiling is not this setting's limit: a "
+                     "denominator measured under other conditions (multi_process: the model on token ids "
+                     "is its own)")
     if summary["emulated_vs_real"]:
         goal = f"rate within {RATE_TOLERANCE:.0%}, p50 within {P50_TOLERANCE:.0%}"
         lines += ["", f"emulated / real (goal: {goal})"]
