@@ -82,6 +82,7 @@ class JobQueue:
         self.admit: Callable[[Job], None] | None = None  # set by the variant's model loop
         self._jobs: _Jobs = _Jobs()
         self._waiting = 0  # jobs in _jobs still to be started: the breaker's signal
+        self.waiting_tokens = 0  # their tokens, where the admit hook counted them: a planner's signal
 
     def qsize(self) -> int:
         return self._waiting
@@ -89,12 +90,13 @@ class JobQueue:
     def empty(self) -> bool:
         return self._waiting == 0
 
-    def put(self, text: str, arrived: float | None = None) -> Job:
+    def put(self, text: str, arrived: float | None = None, tokens: int = 0) -> Job:
         """Accept a job, or raise QueueFull when max_queue jobs are already waiting.
 
         arrived: when the server began reading the request (loop.time(); default: now). The queue
         timeout counts from there, so time spent reading and parsing under a burst counts too;
-        a request already past it raises QueueTimeout here, and is never queued."""
+        a request already past it raises QueueTimeout here, and is never queued.
+        tokens: its length in tokens, where the caller has counted them (or the admit hook may)."""
         if self.max_queue is not None and self._waiting >= self.max_queue:
             raise QueueFull(f"{self._waiting} requests are already waiting")
         loop = asyncio.get_running_loop()
@@ -102,12 +104,13 @@ class JobQueue:
         arrived = now if arrived is None else arrived
         if self.queue_timeout_s is not None and now - arrived >= self.queue_timeout_s:
             raise QueueTimeout(f"waited {(now - arrived) * 1000:.0f} ms before it could even be queued")
-        job = Job(text, loop.create_future(), arrived)
+        job = Job(text, loop.create_future(), arrived, tokens=tokens)
         if self.admit:
             self.admit(job)
         if self.queue_timeout_s is not None:
             job.timer = loop.call_at(arrived + self.queue_timeout_s, self._expire, job)
         self._waiting += 1
+        self.waiting_tokens += job.tokens
         self._jobs.put_nowait(job)
         return job
 
@@ -138,6 +141,7 @@ class JobQueue:
         if not job.waiting:
             return False
         self._waiting -= 1
+        self.waiting_tokens -= job.tokens
         if job.timer:
             job.timer.cancel()
         job.future.set_exception(outcome)
@@ -154,6 +158,7 @@ class JobQueue:
 
     def _start(self, job: Job) -> Job:
         self._waiting -= 1
+        self.waiting_tokens -= job.tokens
         if job.timer:
             job.timer.cancel()
         job.started = asyncio.get_running_loop().time()

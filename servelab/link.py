@@ -364,7 +364,7 @@ class ModelEndpoint:
             return refuse(503, (server.loop_error or "the server is shutting down").encode())
         request = orjson.loads(body)
         try:
-            job = server.queue.put(request["inputs"], request["arrived"])
+            job = server.queue.put(request["inputs"], request["arrived"], len(request["inputs"]["input_ids"]))
         except QueueFull as exc:
             server.metrics.refusals.labels("queue_full").inc()
             reason = f"server overloaded: {exc} (--max-queue {server.queue.max_queue})"
@@ -373,7 +373,6 @@ class ModelEndpoint:
             server.metrics.refusals.labels("late_on_arrival").inc()
             return refuse(504, str(exc).encode())
         job.id = key.decode()  # the front end's id: the one its client sees, and the logs use
-        job.tokens = len(request["inputs"]["input_ids"])
         self.jobs[key] = job
         job.future.add_done_callback(functools.partial(self._answer, peer, key))
 

@@ -4,8 +4,9 @@ thread_offloaded's knobs (a 2 ms wait, a cap of 16, a queue of 64) know nothing 
 number decides, --slo-ms, through a cost model t(b, L) = a + k*b*L of one forward pass over b
 inputs padded to L tokens, refitted from the batches this server actually ran:
 
-- sizing: a batch takes as many queued requests as can be answered while the oldest still meets
-  the objective (Clipper sizes batches against an objective too, by trial; this plans);
+- sizing: a batch is the stretch of the queue, oldest first, with the most answers predicted on
+  time; the oldest left out would be late in it and are answered 504 (Clipper sizes batches
+  against an objective too, by trial; this plans);
 - sorting: the batch is sorted by length and cut into micro-batches wherever the padding saved
   pays for another forward pass (TEI batches by tokens for the same reason);
 - admission: a request that would be answered past the objective gets 503 at once, with a
@@ -93,7 +94,10 @@ class Plan:
     # -- admission: on the event loop, before a request is queued --------------------------
 
     def admit(self, job: Job) -> None:
-        job.tokens = self.model.token_lengths([job.text])[0]
+        # Estimated, not tokenized: under overload most requests are refused, and on an accelerator
+        # the tokenizer's time per request would come out of the one core that serves them all.
+        # The worker counts exactly, once, for the batches it runs (count_tokens).
+        job.tokens = self.model.estimate_tokens(job.text)
         if "admission" not in self.parts or self.cost is None:  # not measured yet: it waits
             return
         job.predicted_done = self.predicted_done(job)
@@ -108,9 +112,8 @@ class Plan:
     def predicted_done(self, job: Job) -> float:
         """The batch being computed, then everything queued, then this job: all of it padded and
         cut into forward passes as recent batches were."""
-        ahead = self.queue.waiting_jobs()
-        tokens = job.tokens + sum(j.tokens for j in ahead)
-        passes = math.ceil((len(ahead) + 1) / self.per_pass)
+        tokens = job.tokens + self.queue.waiting_tokens
+        passes = math.ceil((self.queue.qsize() + 1) / self.per_pass)
         start = max(asyncio.get_running_loop().time(), self.busy_until)
         return start + passes * self.cost.model.a + self.cost.model.k * self.padding * tokens
 
@@ -120,15 +123,31 @@ class Plan:
         """Predicted time to compute these passes, one after the other (inputs sorted by length)."""
         return sum(self.cost.seconds(len(part), max(j.tokens for j in part)) for part in passes)
 
-    def fits(self, jobs: list[Job], now: float) -> bool:
-        """Could these jobs be answered by the oldest one's objective, within the batch limits?"""
-        longest = max(j.tokens for j in jobs)
-        if len(jobs) > 1 and (len(jobs) > self.max_batch_size or len(jobs) * longest > self.max_batch_tokens):
-            return False  # one input always fits: it is never longer than the model's maximum
-        deadline = jobs[0].arrived + self.budget_s
-        if now + self.cost.seconds(len(jobs), longest) <= deadline:
-            return True  # as one pass; the best cut is never slower
-        return "sorting" in self.parts and now + self.seconds(self.split(jobs)) <= deadline
+    def late_even_alone(self, job: Job, now: float) -> bool:
+        return now + self.cost.seconds(1, job.tokens) > job.arrived + self.budget_s
+
+    def size(self, jobs: list[Job], now: float) -> tuple[int, int]:
+        """Of these queued jobs, oldest first: how many of the oldest to answer 504, and how many
+        after them to compute. The prefix of the queue with the most answers predicted on time,
+        timed as one pass (an upper bound: the best cut is never slower), within the batch limits.
+
+        Why not simply the largest batch that the oldest job's objective allows: once the queue
+        falls behind, the oldest job has little time left, so batches shrink, and small batches
+        fall further behind. Where a pass costs nearly as much at any size (an accelerator) the
+        server spirals down to batches of one or two. Answering the few oldest 504 keeps batches
+        large (BentoML cancels a request that its fitted time says will miss, for this reason)."""
+        best_on_time, best_late, best_size = 0, 0, 1
+        late = longest = 0
+        for size in range(1, min(len(jobs), self.max_batch_size) + 1):
+            longest = max(longest, jobs[size - 1].tokens)
+            if size > 1 and size * longest > self.max_batch_tokens:
+                break  # one input always fits: it is never longer than the model's maximum
+            done = now + self.cost.seconds(size, longest)
+            while late < size and jobs[late].arrived + self.budget_s < done:
+                late += 1  # deadlines come in queue order: the late ones are the oldest
+            if size - late > best_on_time:
+                best_on_time, best_late, best_size = size - late, late, size
+        return best_late, best_size - best_late
 
     def split(self, jobs: list[Job]) -> list[list[Job]]:
         """Sorted by length, then cut where the padding saved is worth another pass: the cheapest
@@ -150,6 +169,10 @@ class Plan:
             end = start
         return passes[::-1]  # shortest first: the shortest inputs are answered soonest
 
+    def count_tokens(self, batch: list[Job]) -> None:
+        for job, tokens in zip(batch, self.model.token_lengths([job.text for job in batch]), strict=True):
+            job.tokens = tokens
+
     def observe(self, part: list[Job], seconds: float) -> None:
         """A forward pass ran: refit the cost model, and compare each answer with its prediction."""
         longest = max(j.tokens for j in part)
@@ -169,12 +192,12 @@ class Plan:
 
 
 async def collect_batch(queue: JobQueue, plan: Plan) -> tuple[list[Job], str]:
-    """The oldest job, and as many after it as the plan can answer within the oldest's objective."""
+    """The oldest jobs the plan can answer on time, as many as it can: see Plan.size."""
     loop = asyncio.get_running_loop()
     while True:
         oldest = await queue.get()
         now = loop.time()
-        if "admission" in plan.parts and not plan.fits([oldest], now):
+        if "admission" in plan.parts and plan.late_even_alone(oldest, now):
             # It would be late even alone: answer now rather than compute an answer nobody can use.
             oldest.future.set_exception(QueueTimeout(
                 f"waited {(now - oldest.arrived) * 1000:.0f} ms; computing it would pass the objective"))
@@ -182,20 +205,18 @@ async def collect_batch(queue: JobQueue, plan: Plan) -> tuple[list[Job], str]:
         break
     queued = queue.waiting_jobs()
     if "sizing" not in plan.parts:
-        take = min(len(queued), plan.max_batch_size - 1)
-    elif plan.fits([oldest, *queued], now):
-        take = len(queued)
-    else:  # the largest prefix of the queue that still fits: cost only grows with the prefix
-        low, high = 0, len(queued) - 1
-        while low < high:
-            middle = (low + high + 1) // 2
-            if plan.fits([oldest, *queued[:middle]], now):
-                low = middle
-            else:
-                high = middle - 1
-        take = low
-    batch = [oldest] + [queue.get_nowait() for _ in range(take)]
-    return batch, "planned" if take < len(queued) else "drained"
+        late, size = 0, 1 + min(len(queued), plan.max_batch_size - 1)
+    else:
+        late, size = plan.size([oldest, *queued], now)
+    for job in [oldest, *queued][:late]:
+        outcome = QueueTimeout(f"waited {(now - job.arrived) * 1000:.0f} ms; it would be late in the "
+                               f"batch that answers the most requests on time")
+        if job is oldest:
+            job.future.set_exception(outcome)  # already taken from the queue
+        else:
+            queue.drop(job, outcome)
+    batch = ([] if late else [oldest]) + [queue.get_nowait() for _ in range(size - (not late))]
+    return batch, "planned" if late + size < 1 + len(queued) else "drained"
 
 
 def measure_first_cost(model, repeats: int = 2) -> tuple[CostModel, float]:
@@ -222,12 +243,14 @@ async def model_loop(server: Server) -> None:
     """The one worker that owns the model: plan a batch, run it pass by pass, answer each request."""
     server.starting = "measuring the model for the plan"  # /health: 503 until it is done
     plan = Plan(server)
-    server.queue.admit = plan.admit  # every request is tokenized, and admitted or refused, here
+    server.queue.admit = plan.admit  # every request is admitted or refused here, as it arrives
     await plan.start()
     server.starting = None
     loop = asyncio.get_running_loop()
     while True:
         batch, close_reason = await collect_batch(server.queue, plan)
+        # Admission and sizing went by estimated lengths; sorting and the cost model need exact ones.
+        await asyncio.to_thread(plan.count_tokens, batch)
         passes = plan.split(batch)
         plan.busy_until = loop.time() + plan.seconds(passes)
         for part in passes:

@@ -30,6 +30,9 @@ class FakeModel:
     def token_lengths(self, texts: list[str]) -> list[int]:
         return [len(t.split()) for t in texts]  # a word per token: enough to check the counting
 
+    def estimate_tokens(self, text: str) -> int:
+        return len(text.split())  # exact, so that a plan's decisions can be computed by hand
+
     def token_counts(self, texts: list[str]) -> tuple[int, int]:
         lengths = self.token_lengths(texts)
         return sum(lengths), max(lengths, default=0) * len(lengths)

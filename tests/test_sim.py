@@ -303,8 +303,9 @@ def test_the_simulated_plan_answers_on_time_under_overload_where_a_queue_limit_d
     answered = [lat for st, lat in zip(planned.status, planned.latency_s, strict=True) if st == 200]
     assert stats.percentile(answered, 99) <= objective
     assert on_time(planned) > 3 * on_time(capped)
-    refused = planned.status.count(503)
-    assert refused > 5 * planned.status.count(504)  # refused at arrival, not after waiting
+    assert planned.status.count(503) > 2 * planned.status.count(504)  # most are refused at arrival
+    timed_out = [lat for st, lat in zip(planned.status, planned.latency_s, strict=True) if st == 504]
+    assert max(timed_out) < objective  # and the rest hear it before their objective has passed
     assert set(planned.close_reasons) <= {"planned", "drained"}
 
 

@@ -52,28 +52,50 @@ def test_a_batch_is_as_large_as_the_oldest_requests_objective_allows():
 
 
 @pytest.mark.parametrize("seed", range(20))
-def test_the_plan_keeps_the_oldest_within_the_objective_and_takes_all_that_fit(seed):
+def test_sizing_computes_the_prefix_with_the_most_answers_on_time(seed):
     rng = random.Random(seed)
+    _, plan = planned_server(a=rng.uniform(0.001, 0.02), k=rng.uniform(1e-5, 1e-3),
+                             slo_ms=rng.uniform(50, 300))
+    now = 1.0
+    jobs = [_job(rng.randint(1, 60), f"r{i}", arrived=now - rng.uniform(0, 0.2))
+            for i in range(rng.randint(1, 60))]
+    jobs.sort(key=lambda job: job.arrived)
+    late, size = plan.size(jobs, now)
 
+    def done(n: int) -> float:  # the first n jobs as one pass
+        return now + plan.cost.seconds(n, max(job.tokens for job in jobs[:n]))
+
+    def on_time(n: int) -> int:
+        return sum(job.arrived + plan.budget_s >= done(n) for job in jobs[:n])
+
+    allowed = [n for n in range(1, len(jobs) + 1)
+               if n == 1 or n * max(job.tokens for job in jobs[:n]) <= plan.max_batch_tokens]
+    best = max(on_time(n) for n in allowed)
+    if best == 0:  # none can be on time: the oldest is computed alone (admission would refuse it)
+        assert (late, size) == (0, 1)
+        return
+    assert size == on_time(late + size) == best
+    # every job computed is predicted on time, and the ones answered 504 are exactly those before it
+    assert all(job.arrived + plan.budget_s >= done(late + size) for job in jobs[late:late + size])
+    assert all(job.arrived + plan.budget_s < done(late + size) for job in jobs[:late])
+
+
+def test_collect_batch_answers_504_to_the_oldest_that_would_be_late():
     async def main():
-        server, plan = planned_server(a=rng.uniform(0.001, 0.02), k=rng.uniform(1e-5, 1e-3),
-                                      slo_ms=rng.uniform(50, 300), args=("--without", "admission"))
-        loop = asyncio.get_running_loop()
-        now = loop.time()
-        arrivals = sorted(now - rng.uniform(0, 0.04) for _ in range(rng.randint(1, 60)))
-        for i, arrived in enumerate(arrivals):
-            server.queue.put(words(rng.randint(1, 60), f"r{i}-"), arrived)
+        # 10 ms a pass + 1 ms a token, 2 words each, a 100 ms objective. Two jobs have waited 95 ms:
+        # in any batch they are late (95 + 12 > 100). Admission is off, so that sizing, not the
+        # check of the oldest alone, is what answers them 504.
+        server, plan = planned_server(a=0.010, k=0.001, slo_ms=100, args=("--without", "admission"))
+        now = asyncio.get_running_loop().time()
+        old = [server.queue.put(words(2, f"o{i}-"), now - 0.095) for i in range(2)]
+        fresh = [server.queue.put(words(2, f"f{i}-"), now) for i in range(20)]
         batch, _ = await slo_aware.collect_batch(server.queue, plan)
-        taken_at = loop.time()
-        left = server.queue.waiting_jobs()
-        return plan, batch, left, taken_at
+        return old, fresh, batch, server.queue.qsize()
 
-    plan, batch, left, taken_at = asyncio.run(main())
-    oldest = batch[0]
-    if len(batch) > 1:  # a batch of one is always allowed: the oldest has to be served
-        assert taken_at + plan.seconds(plan.split(batch)) <= oldest.arrived + plan.budget_s
-    if left:  # and no more would have fitted
-        assert not plan.fits([*batch, left[0]], taken_at)
+    old, fresh, batch, left = asyncio.run(main())
+    assert all(isinstance(job.future.exception(), QueueTimeout) for job in old)
+    assert batch == fresh  # 10 + 1 x 20 x 2 = 50 ms: all 20 fresh ones are on time
+    assert left == 0
 
 
 def test_split_finds_the_cheapest_cut_by_length():
@@ -177,7 +199,7 @@ def test_the_default_objective_is_measured_at_start_up(caplog):
     assert any("objective" in r.getMessage() for r in caplog.records)
 
 
-def _job(tokens: int, name: str):
+def _job(tokens: int, name: str, arrived: float = 0.0):
     from servelab.jobs import Job
 
-    return Job(name, future=None, arrived=0.0, tokens=tokens)
+    return Job(name, future=None, arrived=arrived, tokens=tokens)

@@ -156,21 +156,31 @@ def simulate(arrivals: Sequence[float], lengths: Sequence[int], policy: Policy, 
 
     def take_planned(now: float) -> tuple[list[int], str | None]:
         """slo_aware's collect_batch: the oldest request (a 504 now if it is late even alone),
-        and the largest prefix of the queue after it that its budget allows."""
+        then the prefix of the queue that answers the most on time; the oldest that would be late
+        in it get their 504 now."""
         nonlocal refused_work, queued_tokens
-        oldest = queue[0]
-        if "admission" in plan.parts and not plan.fits([lengths[oldest]], arrivals[oldest], now):
-            queue.popleft()
-            queued_tokens -= lengths[oldest]
-            status[oldest] = TIMED_OUT
-            latency[oldest] = now - arrivals[oldest] + refusal_s
+
+        def time_out(j: int) -> None:
+            nonlocal refused_work, queued_tokens
+            queued_tokens -= lengths[j]
+            status[j] = TIMED_OUT
+            latency[j] = now - arrivals[j] + refusal_s
             refused_work += refusal_s
+
+        oldest = queue[0]
+        if "admission" in plan.parts and plan.late_even_alone(lengths[oldest], arrivals[oldest], now):
+            time_out(queue.popleft())
             return [], None
-        behind = [lengths[j] for j in itertools.islice(queue, 1, None)]
-        take = plan.size(lengths[oldest], behind, arrivals[oldest], now)
-        batch = [queue.popleft() for _ in range(1 + take)]
+        if "sizing" not in plan.parts:
+            late, size = 0, min(len(queue), plan.max_batch_size)
+        else:
+            considered = list(itertools.islice(queue, plan.max_batch_size))
+            late, size = plan.size([lengths[j] for j in considered], [arrivals[j] for j in considered], now)
+        for _ in range(late):
+            time_out(queue.popleft())
+        batch = [queue.popleft() for _ in range(size)]
         queued_tokens -= sum(lengths[j] for j in batch)
-        return batch, "planned" if take < len(behind) else "drained"
+        return batch, "planned" if queue else "drained"
 
     now = 0.0
     while True:

@@ -10,7 +10,8 @@ refusals) was not in it.
   this request, padded and cut into passes as recent passes were) against the budget.
 - late alone: the oldest request, if it cannot be answered in time even by itself, gets its 504
   at once instead of being computed.
-- sizing: the largest FIFO prefix of the queue that the oldest request's budget allows.
+- sizing: the prefix of the queue with the most answers predicted on time; the oldest requests
+  that would be late in it get their 504 at once.
 - sorting: the batch sorted by length and cut where a pass is worth its fixed cost.
 """
 
@@ -75,34 +76,24 @@ class SloPlan:
             return False
         return self.predicted_done(now, busy_until, queued, queued_tokens, tokens) > arrival + self.budget_s
 
-    def fits(self, lengths: Sequence[int], oldest_arrival: float, now: float) -> bool:
-        longest = max(lengths)
-        n = len(lengths)
-        if n > 1 and (n > self.max_batch_size or n * longest > self.max_batch_tokens):
-            return False
-        deadline = oldest_arrival + self.budget_s
-        if now + self.cost.seconds(n, longest) <= deadline:
-            return True
-        if "sorting" not in self.parts:
-            return False
-        passes = [[lengths[i] for i in part] for part in self.split(lengths)]
-        return now + self.seconds(passes) <= deadline
+    def late_even_alone(self, length: int, arrival: float, now: float) -> bool:
+        return now + self.cost.seconds(1, length) > arrival + self.budget_s
 
-    def size(self, oldest_length: int, queued_lengths: Sequence[int], oldest_arrival: float,
-             now: float) -> int:
-        """How many queued requests join the oldest one."""
-        if "sizing" not in self.parts:
-            return min(len(queued_lengths), self.max_batch_size - 1)
-        if self.fits([oldest_length, *queued_lengths], oldest_arrival, now):
-            return len(queued_lengths)
-        low, high = 0, len(queued_lengths) - 1
-        while low < high:  # cost only grows with the prefix
-            middle = (low + high + 1) // 2
-            if self.fits([oldest_length, *queued_lengths[:middle]], oldest_arrival, now):
-                low = middle
-            else:
-                high = middle - 1
-        return low
+    def size(self, lengths: Sequence[int], arrivals: Sequence[float], now: float) -> tuple[int, int]:
+        """Of the queue (oldest first): how many of the oldest to answer 504, and how many after
+        them to compute. The prefix with the most answers predicted on time, timed as one pass."""
+        best_on_time, best_late, best_size = 0, 0, 1
+        late = longest = 0
+        for size in range(1, min(len(lengths), self.max_batch_size) + 1):
+            longest = max(longest, lengths[size - 1])
+            if size > 1 and size * longest > self.max_batch_tokens:
+                break
+            done = now + self.cost.seconds(size, longest)
+            while late < size and arrivals[late] + self.budget_s < done:
+                late += 1
+            if size - late > best_on_time:
+                best_on_time, best_late, best_size = size - late, late, size
+        return best_late, best_size - best_late
 
     def split(self, lengths: Sequence[int]) -> list[list[int]]:
         """Positions into `lengths`, sorted by length and cut into passes by the same dynamic
