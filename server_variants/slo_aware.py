@@ -4,9 +4,9 @@ thread_offloaded's knobs (a 2 ms wait, a cap of 16, a queue of 64) know nothing 
 number decides, --slo-ms, through a cost model t(b, L) = a + k*b*L of one forward pass over b
 inputs padded to L tokens, refitted from the batches this server actually ran:
 
-- sizing: a batch is the stretch of the queue, oldest first, with the most answers predicted on
-  time; the oldest left out would be late in it and are answered 504 (Clipper sizes batches
-  against an objective too, by trial; this plans);
+- sizing: a batch takes as many queued requests as can be answered while the oldest still meets
+  the objective, unless answering the oldest 504 now lets more be answered on time over the
+  next two batches (Clipper sizes batches against an objective too, by trial; this plans);
 - sorting: the batch is sorted by length and cut into micro-batches wherever the padding saved
   pays for another forward pass (TEI batches by tokens for the same reason);
 - admission: a request that would be answered past the objective gets 503 at once, with a
@@ -25,6 +25,7 @@ import logging
 import math
 import statistics
 import time
+from collections.abc import Iterator
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -128,26 +129,55 @@ class Plan:
 
     def size(self, jobs: list[Job], now: float) -> tuple[int, int]:
         """Of these queued jobs, oldest first: how many of the oldest to answer 504, and how many
-        after them to compute. The prefix of the queue with the most answers predicted on time,
-        timed as one pass (an upper bound: the best cut is never slower), within the batch limits.
+        after them to compute. Two candidates, each timed as one pass (the best cut is never
+        slower) within the batch limits:
 
-        Why not simply the largest batch that the oldest job's objective allows: once the queue
-        falls behind, the oldest job has little time left, so batches shrink, and small batches
-        fall further behind. Where a pass costs nearly as much at any size (an accelerator) the
-        server spirals down to batches of one or two. Answering the few oldest 504 keeps batches
-        large (BentoML cancels a request that its fitted time says will miss, for this reason)."""
-        best_on_time, best_late, best_size = 0, 0, 1
-        late = longest = 0
+        - the oldest first: the longest prefix whose pass ends within the oldest job's objective.
+          It gives up no one, but once the queue falls behind, the oldest has little time left,
+          so batches shrink, and small batches fall further behind. Where a pass costs nearly as
+          much at any size (an accelerator), the server spirals down to batches of one or two.
+        - the most on time: the prefix with the most answers predicted on time; the oldest that
+          would be late in it are answered 504 now. It keeps batches large, but gives up the
+          oldest even where a small batch for them, then one for the rest, would answer them all.
+
+        So the oldest are given up only where that answers more on time over the next two
+        batches. (BentoML cancels a request that its fitted time says will miss, alone.)"""
+        _, late, size = self.most_on_time(jobs, now)
+        keep = self.oldest_first(jobs, now)  # 0: the oldest is late even alone
+        if late and keep and (self.on_time_in_two_batches(jobs, now, 0, keep)
+                              >= self.on_time_in_two_batches(jobs, now, late, size)):
+            return 0, keep
+        return late, size
+
+    def passes_ending(self, jobs: list[Job], now: float) -> Iterator[tuple[int, float]]:
+        """For each prefix of the queue within the batch limits: its size, and when its pass would end."""
+        longest = 0
         for size in range(1, min(len(jobs), self.max_batch_size) + 1):
             longest = max(longest, jobs[size - 1].tokens)
             if size > 1 and size * longest > self.max_batch_tokens:
-                break  # one input always fits: it is never longer than the model's maximum
-            done = now + self.cost.seconds(size, longest)
+                return  # one input always fits: it is never longer than the model's maximum
+            yield size, now + self.cost.seconds(size, longest)
+
+    def oldest_first(self, jobs: list[Job], now: float) -> int:
+        deadline = jobs[0].arrived + self.budget_s
+        return max((size for size, done in self.passes_ending(jobs, now) if done <= deadline), default=0)
+
+    def most_on_time(self, jobs: list[Job], now: float) -> tuple[int, int, int]:
+        """(answers on time, how many of the oldest would be late, how many after them are not)."""
+        best, late = (0, 0, 1), 0
+        for size, done in self.passes_ending(jobs, now):
             while late < size and jobs[late].arrived + self.budget_s < done:
                 late += 1  # deadlines come in queue order: the late ones are the oldest
-            if size - late > best_on_time:
-                best_on_time, best_late, best_size = size - late, late, size
-        return best_late, best_size - best_late
+            if size - late > best[0]:
+                best = (size - late, late, size - late)
+        return best
+
+    def on_time_in_two_batches(self, jobs: list[Job], now: float, late: int, size: int) -> int:
+        """Answers on time if jobs[late:late + size] are computed now, then the best batch of the rest."""
+        batch, rest = jobs[late:late + size], jobs[late + size:]
+        done = now + self.cost.seconds(size, max(job.tokens for job in batch))
+        on_time = sum(job.arrived + self.budget_s >= done for job in batch)
+        return on_time + (self.most_on_time(rest, done)[0] if rest else 0)
 
     def split(self, jobs: list[Job]) -> list[list[Job]]:
         """Sorted by length, then cut where the padding saved is worth another pass: the cheapest
@@ -215,7 +245,10 @@ async def collect_batch(queue: JobQueue, plan: Plan) -> tuple[list[Job], str]:
             job.future.set_exception(outcome)  # already taken from the queue
         else:
             queue.drop(job, outcome)
-    batch = ([] if late else [oldest]) + [queue.get_nowait() for _ in range(size - (not late))]
+    if late:  # the oldest were given up: the batch starts further down the queue
+        batch = [queue.get_nowait() for _ in range(size)]
+    else:
+        batch = [oldest] + [queue.get_nowait() for _ in range(size - 1)]
     return batch, "planned" if late + size < 1 + len(queued) else "drained"
 
 

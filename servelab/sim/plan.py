@@ -10,15 +10,15 @@ refusals) was not in it.
   this request, padded and cut into passes as recent passes were) against the budget.
 - late alone: the oldest request, if it cannot be answered in time even by itself, gets its 504
   at once instead of being computed.
-- sizing: the prefix of the queue with the most answers predicted on time; the oldest requests
-  that would be late in it get their 504 at once.
+- sizing: the largest FIFO prefix that the oldest request's budget allows, unless giving up the
+  oldest (a 504 at once) answers more on time over the next two batches.
 - sorting: the batch sorted by length and cut where a pass is worth its fixed cost.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from servelab.costmodel import CostModel, fit
@@ -81,19 +81,45 @@ class SloPlan:
 
     def size(self, lengths: Sequence[int], arrivals: Sequence[float], now: float) -> tuple[int, int]:
         """Of the queue (oldest first): how many of the oldest to answer 504, and how many after
-        them to compute. The prefix with the most answers predicted on time, timed as one pass."""
-        best_on_time, best_late, best_size = 0, 0, 1
-        late = longest = 0
+        them to compute. The oldest first, unless giving them up answers more on time over the
+        next two batches (the server's Plan.size says why)."""
+        _, late, size = self.most_on_time(lengths, arrivals, now)
+        keep = self.oldest_first(lengths, arrivals, now)
+        if late and keep and (self.on_time_in_two_batches(lengths, arrivals, now, 0, keep)
+                              >= self.on_time_in_two_batches(lengths, arrivals, now, late, size)):
+            return 0, keep
+        return late, size
+
+    def passes_ending(self, lengths: Sequence[int], now: float) -> Iterator[tuple[int, float]]:
+        longest = 0
         for size in range(1, min(len(lengths), self.max_batch_size) + 1):
             longest = max(longest, lengths[size - 1])
             if size > 1 and size * longest > self.max_batch_tokens:
-                break
-            done = now + self.cost.seconds(size, longest)
+                return
+            yield size, now + self.cost.seconds(size, longest)
+
+    def oldest_first(self, lengths: Sequence[int], arrivals: Sequence[float], now: float) -> int:
+        deadline = arrivals[0] + self.budget_s
+        return max((size for size, done in self.passes_ending(lengths, now) if done <= deadline), default=0)
+
+    def most_on_time(self, lengths: Sequence[int], arrivals: Sequence[float],
+                     now: float) -> tuple[int, int, int]:
+        best, late = (0, 0, 1), 0
+        for size, done in self.passes_ending(lengths, now):
             while late < size and arrivals[late] + self.budget_s < done:
                 late += 1
-            if size - late > best_on_time:
-                best_on_time, best_late, best_size = size - late, late, size
-        return best_late, best_size - best_late
+            if size - late > best[0]:
+                best = (size - late, late, size - late)
+        return best
+
+    def on_time_in_two_batches(self, lengths: Sequence[int], arrivals: Sequence[float], now: float,
+                               late: int, size: int) -> int:
+        end = late + size
+        done = now + self.cost.seconds(size, max(lengths[late:end]))
+        on_time = sum(arrival + self.budget_s >= done for arrival in arrivals[late:end])
+        if end == len(lengths):
+            return on_time
+        return on_time + self.most_on_time(lengths[end:], arrivals[end:], done)[0]
 
     def split(self, lengths: Sequence[int]) -> list[list[int]]:
         """Positions into `lengths`, sorted by length and cut into passes by the same dynamic
