@@ -156,11 +156,15 @@ for label, p in zip(labels, parts, strict=True):
 # On this CPU one input already fills the core, and batching raises throughput only 1.26x
 # (batch 1 to batch 4). So of the three parts, **admission** is the one that pays: it turns an
 # overload into on-time answers and immediate refusals, where the other servers answer nearly
-# everything late. **Sizing** keeps its promise to the oldest request by keeping windows small,
-# which costs throughput here; without it, the windows are larger and sorting has more to work with
-# (see `results/reference/slo-cpu-2core/`: 1.18x the random-order ceiling, but a p99 past the
-# objective). **Sorting** saves padding in proportion to the window it sorts: little within two or
-# three requests, 14% of throughput on windows of 16. On an accelerator
-# (`SERVELAB_DEVICE=emulated:h200-bert-base`) the fixed cost of a pass dominates, so the same cost
-# model sizes windows far larger, and sizing and sorting should both pay. Either way the one cost
-# model decides, fitted to the machine it runs on.
+# everything late. **Sizing** keeps its promise to each request it computes by keeping windows
+# small, which costs throughput here; without it, the windows are larger and sorting has more to
+# work with (see `results/reference/slo-cpu-2core/`: 1.26x the random-order ceiling, but a p99
+# past the objective). **Sorting** saves padding in proportion to the window it sorts: nothing
+# measurable within two or three requests, 22% of throughput on windows of 16.
+#
+# On an accelerator (`SERVELAB_DEVICE=emulated:h200-bert-base`) a pass costs nearly the same at
+# any size, so the plan runs batches of 20 and more, and sizing and sorting each add a little.
+# There sizing also has to give up the oldest requests now and then (a 504 at once): a batch
+# sized only for the oldest request shrinks as the queue falls behind, and small batches fall
+# further behind (`results/reference/slo-emulated-h200/`). Either way the one cost model decides,
+# fitted to the machine it runs on.

@@ -314,3 +314,33 @@ def test_the_load_generators_share_is_taken_from_first_send_to_last_answer():
     run = LocustRun(argv=[], request_log=Path("unused"), cpus=[watch])
     assert run.cpu_share(rows) == pytest.approx(0.1)
     assert run.cpu_share([]) is None
+
+
+def test_a_length_sorted_ceiling_times_batches_of_one_length_from_the_whole_corpus():
+    from servelab.bench.ceiling import time_batches
+
+    rng = random.Random(3)
+    lengths = [rng.randint(1, 100) for _ in range(400)]
+    texts = [f"t{i}" for i in range(len(lengths))]
+    length_of = dict(zip(texts, lengths, strict=True))
+    seen: dict[int, list[list[int]]] = {}
+
+    def predict(batch):
+        seen.setdefault(len(batch), []).append([length_of[t] for t in batch])
+
+    def token_counts(batch):
+        batch_lengths = [length_of[t] for t in batch]
+        return sum(batch_lengths), max(batch_lengths) * len(batch_lengths)
+
+    common = {"min_seconds": 0.0, "rounds": 1, "min_batches": 50, "token_counts": token_counts}
+    plain = time_batches(predict, texts, (1, 8), **common)
+    plain_batches, seen = seen, {}
+    sorted_rows = time_batches(predict, texts, (1, 8), **common, lengths=lengths)
+    for batch in seen[8]:
+        assert max(batch) - min(batch) <= 5  # 400 inputs of 1-100 tokens: neighbours in length
+    # the batches come from all over the corpus, not from its short end
+    assert min(min(b) for b in seen[8]) < 20
+    assert max(max(b) for b in seen[8]) > 80
+    padded = {row["batch_size"]: row["mean_padded_length"] for row in sorted_rows}
+    assert padded[8] < 0.8 * next(r["mean_padded_length"] for r in plain if r["batch_size"] == 8)
+    assert len(plain_batches[8]) == len(seen[8]) == 50

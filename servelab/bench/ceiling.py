@@ -13,6 +13,7 @@ on this very machine (no speed constant tied to one machine).
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import os
 import random
@@ -150,22 +151,27 @@ def find_ceiling(results_dir: Path, model: dict, torch_threads: int | None) -> d
 
 
 def time_batches(predict, texts: list[str], batch_sizes, *, min_seconds: float, rounds: int,
-                 min_batches: int = 3, position: int = 0, token_counts=None) -> list[dict]:
+                 min_batches: int = 3, position: int = 0, token_counts=None,
+                 lengths: list[int] | None = None, seed: int = 0) -> list[dict]:
     """Sequences per second of predict(batch) for each batch size, timed in interleaved rounds:
     each size is timed in every round, so a machine whose speed drifts during the measurement
     (shared or throttled CPUs do) biases no size against another.
 
     With token_counts (LoadedModel.token_counts), each row also gets the batches' mean padded
-    length, counted off the clock: what the cost model t(b, L) is fitted against."""
+    length, counted off the clock: what the cost model t(b, L) is fitted against.
+
+    lengths (each input's, in tokens): batches of inputs of nearly one length, the least padding
+    any batching could reach on this corpus. The inputs are sorted by length and cut into batches,
+    which are then timed in a shuffled order, so that every size sees every length."""
     totals = {size: [0, 0.0, 0] for size in batch_sizes}  # sequences, seconds, batches
     padded = dict.fromkeys(batch_sizes, 0)
+    batches = {size: _walk(texts, size, position, lengths, seed) for size in batch_sizes}
     for _ in range(rounds):
         for size in batch_sizes:
             total = totals[size]
             round_seconds = 0.0
             while round_seconds < min_seconds / rounds or total[2] < min_batches:
-                batch = [texts[(position + i) % len(texts)] for i in range(size)]
-                position += size
+                batch = next(batches[size])
                 t0 = time.perf_counter()
                 predict(batch)
                 elapsed = time.perf_counter() - t0
@@ -184,6 +190,19 @@ def time_batches(predict, texts: list[str], batch_sizes, *, min_seconds: float, 
         for row in rows:
             row["mean_padded_length"] = round(padded[row["batch_size"]] / row["sequences"], 2)
     return rows
+
+
+def _walk(texts: list, size: int, position: int, lengths: list[int] | None, seed: int):
+    """Batches of `size`, forever: consecutive inputs in the (shuffled) corpus order, or, given
+    their lengths, inputs sorted by length, cut into batches, and the batches shuffled."""
+    if lengths is None:
+        while True:
+            yield [texts[(position + i) % len(texts)] for i in range(size)]
+            position += size
+    by_length = [text for _, text in sorted(zip(lengths, texts, strict=True), key=lambda pair: pair[0])]
+    cut = [by_length[i:i + size] for i in range(0, len(by_length) - size + 1, size)]
+    random.Random(f"{seed}:sorted:{size}").shuffle(cut)
+    yield from itertools.cycle(cut)
 
 
 def load_for_timing(model, task, device, torch_threads: int, seed: int, batch_sizes, progress):
@@ -224,6 +243,7 @@ def measure(
     rounds: int = 3,
     seed: int = 0,
     from_token_ids: bool = False,
+    length_sorted: bool = False,
     progress=print,
 ) -> dict:
     """Time the pipeline in this process (pinned to `cores`), with loadgen_cores kept
@@ -231,7 +251,10 @@ def measure(
 
     from_token_ids: time the model's work on inputs tokenized beforehand, off the clock
     (LoadedModel.predict_encoded), as multi_process's model process does it while its front
-    ends tokenize: the ceiling of that one process, not of a server that tokenizes too."""
+    ends tokenize: the ceiling of that one process, not of a server that tokenizes too.
+
+    length_sorted: batches of inputs of nearly one length (time_batches): the denominator for a
+    server that groups its queue by length, as slo_aware does."""
     if cores:
         os.sched_setaffinity(0, cores)
     import torch
@@ -245,9 +268,10 @@ def measure(
             lengths = [len(item["input_ids"]) for item in batch]
             return sum(lengths), max(lengths) * len(lengths)
 
+    lengths = loaded.token_lengths(texts) if length_sorted else None
     with BusyNeighbour(loadgen_cores, loadgen_duty) as neighbour:
         rows = time_batches(predict, inputs, batch_sizes, min_seconds=min_seconds, rounds=rounds,
-                            token_counts=token_counts)
+                            token_counts=token_counts, lengths=lengths, seed=seed)
     for row in rows:
         progress(f"batch {row['batch_size']:4d}: {row['seq_per_s']:8.1f} seq/s, "
                  f"padded to {row['mean_padded_length']:.1f} tokens on average")
@@ -256,6 +280,7 @@ def measure(
         "ceiling_seq_per_s": best["seq_per_s"],
         "best_batch_size": best["batch_size"],
         "inputs": "token ids (tokenized off the clock)" if from_token_ids else "texts",
+        "batches": "sorted by length" if length_sorted else "in corpus order",
         "by_batch_size": rows,
         "cost_model": batch_cost_fit(rows, loaded.describe()),
         "model": loaded.describe(),
@@ -277,6 +302,8 @@ def write(result: dict, results_dir: Path, out: Path | None = None) -> Path:
     path = Path(out) if out else ceiling_path(results_dir, result["model"], result["torch_threads"])
     if not out and result.get("inputs", "texts") != "texts":  # never where a server's ceiling is looked up
         path = path.with_name(path.stem + "__token_ids.json")
+    elif not out and result.get("batches") == "sorted by length":  # nor this one
+        path = path.with_name(path.stem + "__length_sorted.json")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=2) + "\n")
     with path.with_suffix(".csv").open("w", newline="") as f:

@@ -261,6 +261,11 @@ def build_parser() -> argparse.ArgumentParser:
         "does it (its front ends tokenize): that process's ceiling, not a whole server's",
     )
     ceiling.add_argument(
+        "--length-sorted", action="store_true",
+        help="batches of inputs of nearly one length: the least padding any batching could reach on "
+        "the corpus, the denominator for a server that sorts its queue by length (slo_aware)",
+    )
+    ceiling.add_argument(
         "--results-dir", type=Path, default=RESULTS, help="writes results/ceiling/<model>...json"
     )
     ceiling.add_argument("--out", type=Path, default=None, help="write here instead (JSON; a CSV beside it)")
@@ -439,6 +444,7 @@ def cmd_ceiling(args, extra: list[str]) -> int:
         min_seconds=args.min_seconds,
         seed=args.seed,
         from_token_ids=args.from_token_ids,
+        length_sorted=args.length_sorted,
     )
     path = ceiling.write(result, args.results_dir, args.out)
     print(f"ceiling {result['ceiling_seq_per_s']:.1f} seq/s at batch size {result['best_batch_size']}")

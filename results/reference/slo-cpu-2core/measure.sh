@@ -69,5 +69,8 @@ for parts in sorting sizing admission sizing_sorting; do
     $PY -m servelab bench --variant slo_aware --rate "$R2X" --duration "$DUR" --tag "${TAG}_without_${parts}_2x" \
         "${COMMON[@]}" -- --slo-ms "$SLO" "${without[@]}" "${cap[@]}"
 done
+# slo_aware sorts its batches by length, which the ceiling above (batches in corpus order) does
+# not: the same ceiling with batches of one length, its denominator for the ratios above 1.
+$PY -m servelab ceiling --device "$DEVICE" --length-sorted --out "results/ceiling/${TAG}-ceiling-length-sorted.json"
 set +x
 $PY results/reference/slo-cpu-2core/table.py --tag "$TAG"
