@@ -221,3 +221,20 @@ def _job(tokens: int, name: str, arrived: float = 0.0):
     from servelab.jobs import Job
 
     return Job(name, future=None, arrived=arrived, tokens=tokens)
+
+
+def test_the_length_estimate_learns_characters_per_token_from_exact_counts(default_model):
+    import dataclasses
+    import statistics
+
+    from servelab.bench.corpus import load_prompts
+
+    model = dataclasses.replace(default_model, chars_per_token=4.0)  # this test's own ratio
+    texts = load_prompts()
+    for start in range(0, 400, 8):  # as a worker counts its batches
+        model.token_lengths(texts[start:start + 8])
+    exact = model.token_lengths(texts[400:800])
+    errors = [model.estimate_tokens(text) / n - 1 for text, n in zip(texts[400:800], exact, strict=True)]
+    assert abs(statistics.mean(errors)) < 0.1  # learned on other inputs than it is judged on
+    assert statistics.median(abs(e) for e in errors) < 0.15
+    assert model.estimate_tokens("x" * 100_000) == model.max_tokens  # truncated, as the model would
