@@ -141,7 +141,8 @@ class Plan:
           oldest even where a small batch for them, then one for the rest, would answer them all.
 
         So the oldest are given up only where that answers more on time over the next two
-        batches. (BentoML cancels a request that its fitted time says will miss, alone.)"""
+        batches. (BentoML cancels the head request whenever its fitted time says it will miss,
+        without weighing what keeping it would cost the others.)"""
         _, late, size = self.most_on_time(jobs, now)
         keep = self.oldest_first(jobs, now)  # 0: the oldest is late even alone
         if late and keep and (self.on_time_in_two_batches(jobs, now, 0, keep)
