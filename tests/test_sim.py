@@ -259,6 +259,15 @@ def test_the_simulate_command_runs_a_variant_at_rates_given_plainly_or_against_t
     assert lines[1]["achieved_rate"] < 100  # 2x its ceiling: it saturates
 
 
+def test_the_simulate_command_names_the_variants_it_knows_when_given_another(tmp_path, capsys):
+    from servelab.bench.cli import main
+
+    write_calibration(tmp_path)
+    assert main(["simulate", "--results-dir", str(tmp_path), "--device", "cpu", "--variant",
+                 "slo_aware,thread_offloaded"]) == 1
+    assert "known: naive, per_get_timeout" in capsys.readouterr().err
+
+
 def test_the_simulate_command_says_how_to_calibrate_when_it_cannot_find_one(tmp_path, capsys):
     from servelab.bench.cli import main
 

@@ -79,7 +79,11 @@ def _simulate(args, cal) -> int:
 
     # slo_aware plans against the objective the results are judged by.
     settings = {name: getattr(args, name) for name, _ in POLICY_FLAGS} | {"slo_ms": args.slo_ms}
-    policy = Policy.of_variant(args.variant, settings)
+    try:
+        policy = Policy.of_variant(args.variant, settings)
+    except ValueError as exc:  # a variant the simulator has no policy for: say which it has
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     ceiling = cal.data["ceiling"]["ceiling_seq_per_s"]
     if not args.json:
         print(_describe_calibration(cal))
