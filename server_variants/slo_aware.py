@@ -144,9 +144,11 @@ class Plan:
         batches. (BentoML cancels the head request whenever its fitted time says it will miss,
         without weighing what keeping it would cost the others.)"""
         _, late, size = self.most_on_time(jobs, now)
+        if not late:  # the two rules agree: no one is given up
+            return 0, size
         keep = self.oldest_first(jobs, now)  # 0: the oldest is late even alone
-        if late and keep and (self.on_time_in_two_batches(jobs, now, 0, keep)
-                              >= self.on_time_in_two_batches(jobs, now, late, size)):
+        if keep and (self.on_time_in_two_batches(jobs, now, 0, keep)
+                     >= self.on_time_in_two_batches(jobs, now, late, size)):
             return 0, keep
         return late, size
 

@@ -84,9 +84,11 @@ class SloPlan:
         them to compute. The oldest first, unless giving them up answers more on time over the
         next two batches (the server's Plan.size says why)."""
         _, late, size = self.most_on_time(lengths, arrivals, now)
+        if not late:
+            return 0, size
         keep = self.oldest_first(lengths, arrivals, now)
-        if late and keep and (self.on_time_in_two_batches(lengths, arrivals, now, 0, keep)
-                              >= self.on_time_in_two_batches(lengths, arrivals, now, late, size)):
+        if keep and (self.on_time_in_two_batches(lengths, arrivals, now, 0, keep)
+                     >= self.on_time_in_two_batches(lengths, arrivals, now, late, size)):
             return 0, keep
         return late, size
 
