@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import sys
+import time
 from dataclasses import dataclass, fields
 
 import uvicorn
@@ -136,6 +138,10 @@ def uvicorn_config(app, settings: Settings, **overrides) -> uvicorn.Config:
     return uvicorn.Config(app, **options | overrides)
 
 
+BACKLOG_DRAIN_TICK_S = 0.05
+BACKLOG_DRAIN_MAX_S = 1.0
+
+
 class DrainingServer(uvicorn.Server):
     """uvicorn's server, telling ours when shutdown starts so that queued requests drain."""
 
@@ -146,4 +152,23 @@ class DrainingServer(uvicorn.Server):
 
     async def shutdown(self, sockets=None):
         self.app_server.begin_shutdown()
+        await self.take_in_the_backlog()
         await super().shutdown(sockets)
+
+    async def take_in_the_backlog(self) -> None:
+        """Listen on while connections keep coming in, up to BACKLOG_DRAIN_MAX_S.
+
+        The kernel completes a client's handshake before uvicorn accepts the connection, and a
+        busy event loop accepts late. Closing the listener resets whatever waits in its backlog,
+        with the requests already sent; uvicorn then closes every connection whose request it
+        has not read yet. Listening a moment longer, those requests are read and answered (503,
+        since we are closing). An idle server waits one tick."""
+        state = self.server_state
+        give_up = time.monotonic() + BACKLOG_DRAIN_MAX_S
+        seen = None
+        while time.monotonic() < give_up:
+            now = ({id(c) for c in state.connections}, state.total_requests)
+            if now == seen:
+                return
+            seen = now
+            await asyncio.sleep(BACKLOG_DRAIN_TICK_S)

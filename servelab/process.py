@@ -11,6 +11,7 @@ import functools
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -19,6 +20,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+import weakref
 from pathlib import Path
 
 from servelab.paths import REPO, VARIANTS_DIR
@@ -145,7 +147,13 @@ class ServerProcess:
         if torch_threads is not None and "--torch-threads" not in argv:
             argv += ["--torch-threads", str(torch_threads)]
         self.argv = [sys.executable, str(self.path), "--host", "127.0.0.1", "--port", str(self.port), *argv]
-        self.log = Path(log) if log else Path(tempfile.mkdtemp(prefix="servelab-")) / f"{self.variant}.log"
+        if log is None:
+            # A log of our own: it outlives the process, for output() and error messages, and
+            # goes with this object (a test suite starts hundreds of servers).
+            folder = tempfile.mkdtemp(prefix="servelab-")
+            weakref.finalize(self, shutil.rmtree, folder, ignore_errors=True)
+            log = Path(folder) / f"{self.variant}.log"
+        self.log = Path(log)
         self.cores = cores
         self.torch_threads = torch_threads
         self.ready_timeout_s = ready_timeout_s

@@ -169,3 +169,37 @@ def test_a_worker_on_the_event_loop_still_sends_answers_between_batches(variant)
 
         done_at = asyncio.run(burst())
     assert done_at[0] < done_at[-1] / 3, f"first answer at {done_at[0]:.2f} s, last at {done_at[-1]:.2f} s"
+
+
+def test_shutdown_listens_on_while_connections_come_in_then_closes_within_a_bound(monkeypatch):
+    """At SIGTERM a busy server still has connections in its listen backlog, which closing the
+    listener would reset. DrainingServer listens on while they come in, one tick when idle."""
+    import uvicorn
+
+    from servelab import cli
+
+    monkeypatch.setattr(cli, "BACKLOG_DRAIN_TICK_S", 0.01)
+    monkeypatch.setattr(cli, "BACKLOG_DRAIN_MAX_S", 0.5)
+
+    class AppServer:
+        open_connections = None
+
+    draining = cli.DrainingServer(uvicorn.Config(app=None), AppServer())
+
+    async def drain_while_connecting(for_s: float) -> float:
+        async def connect():
+            give_up = time.monotonic() + for_s
+            while time.monotonic() < give_up:
+                draining.server_state.connections.add(object())  # a new connection each 5 ms
+                await asyncio.sleep(0.005)
+
+        async def drain() -> float:
+            start = time.monotonic()
+            await draining.take_in_the_backlog()
+            return time.monotonic() - start
+
+        return (await asyncio.gather(connect(), drain()))[1]
+
+    assert asyncio.run(drain_while_connecting(0)) < 0.05  # idle: one tick
+    assert 0.1 <= asyncio.run(drain_while_connecting(0.1)) < 0.2  # while they come, then one tick
+    assert asyncio.run(drain_while_connecting(2.0)) < 2.0  # never past the bound (it stops at 0.5)

@@ -51,3 +51,21 @@ def test_the_servers_can_fix_mallocs_mmap_threshold():
     assert parse_settings("deadline", "", {}, []).mmap_threshold_kb == 0
     assert parse_settings("deadline", "", {}, ["--mmap-threshold-kb", "128"]).mmap_threshold_kb == 128
     assert fix_mmap_threshold(128 * 1024) is True  # glibc, as on every machine this suite runs on
+
+
+def test_at_a_sigterm_only_a_request_sent_after_it_may_go_unanswered():
+    """In flight means its body was all sent before the SIGTERM: it must get a status. One sent
+    after it may be refused, or reset from the listen backlog, without counting as lost."""
+    from servelab.bench.soak import Request, ResourceSamples, summarize
+
+    def unanswered(seq: int, sent_at: float | None, error: str) -> Request:
+        return Request(seq, "good", b"x", None, {200}, sent_at=sent_at, error=error)
+
+    requests = [unanswered(0, 9.0, "ReadError"), unanswered(1, 11.0, "ReadError"),
+                unanswered(2, None, "ConnectError")]
+    samples = ResourceSamples([{"t": 0.0, "sent": 0, "rss_mb": 100.0, "fds": 10}])
+    summary = summarize(requests, samples, {"checked": 0, "crossed": []}, 1.0, sigterm_at=10.0)
+    assert (summary["lost"], summary["examples"]["lost"]) == (1, [0])
+    assert summary["not_accepted_after_sigterm"] == 2
+    without_sigterm = summarize(requests, samples, {"checked": 0, "crossed": []}, 1.0)
+    assert without_sigterm["lost"] == 3

@@ -3,7 +3,9 @@ the fill-mask path, bad inputs, one model copy, clean shutdown; and the shared c
 
 import ast
 import asyncio
+import gc
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -186,3 +188,45 @@ def test_sigterm_under_load_answers_everyone_and_exits_in_seconds(variant):
     # Nobody hangs: a request is answered, or its connection was refused or closed, never left open.
     assert all(isinstance(s, int) or s in ("ConnectError", "RemoteProtocolError", "ReadError")
                for s in statuses), statuses
+
+
+def test_connections_the_kernel_took_before_a_sigterm_get_an_answer_not_a_reset():
+    """The kernel completes a handshake before the server accepts the connection. Stopped, the
+    server accepts nothing; it gets SIGTERM and resumes with 20 requests waiting in the listen
+    backlog. Closing the listener at once would reset them all, requests and bodies included."""
+    with ServerProcess("thread_offloaded") as server:
+        server.process.send_signal(signal.SIGSTOP)
+        sockets = []
+        try:
+            for i in range(20):
+                sock = socket.create_connection(("127.0.0.1", server.port), timeout=20)
+                body = f"waiting in the backlog {i}".encode()
+                head = b"POST / HTTP/1.1\r\nHost: test\r\nContent-Length: %d\r\n\r\n" % len(body)
+                sock.sendall(head + body)
+                sockets.append(sock)
+            server.process.send_signal(signal.SIGTERM)
+        finally:
+            server.process.send_signal(signal.SIGCONT)
+        statuses = [status_line(sock) for sock in sockets]
+        server.process.wait(15)
+    assert set(statuses) <= {200, 503}, statuses
+
+
+def status_line(sock: socket.socket) -> int | str:
+    """The status of the reply on `sock`, or what happened instead."""
+    try:
+        with sock, sock.makefile("rb") as reply:
+            line = reply.readline()
+    except ConnectionResetError:
+        return "reset"
+    return int(line.split()[1]) if line else "closed"
+
+
+def test_a_server_process_log_folder_goes_with_the_object():
+    """A suite starts hundreds of servers; each one's temporary log folder must not outlive it."""
+    server = ServerProcess("deadline")
+    folder = server.log.parent
+    assert folder.is_dir()
+    del server
+    gc.collect()
+    assert not folder.exists()

@@ -9,7 +9,8 @@ not UTF-8, malformed JSON, a lone surrogate, over the body limit) and 1% of clie
 their answer. Every answer is checked:
 - its status is one the README documents for its kind: 200 for a good input (503 or 504 where
   the breaker may refuse it: counted as refused, not lost), 400 or 413 for a bad one;
-- lost: a client that stayed and got no answer; duplicated: two requests with the same answer
+- lost: a client that stayed and got no answer (after a SIGTERM, one whose request was all sent
+  before it); duplicated: two requests with the same answer
   (inputs are distinct, so are their answers); crossed: an answer that is not its own input's,
   checked exactly for a sample, against the same model run in this process after the load;
 - the server's RSS and open file descriptors, sampled every few seconds: RSS growth after the
@@ -66,6 +67,7 @@ class Request:
     answer: bytes | None = None
     latency_ms: float | None = None
     error: str | None = None  # why no answer came
+    sent_at: float | None = None  # when its body was all written (time.perf_counter)
 
 
 @dataclass
@@ -151,8 +153,13 @@ async def send_all(url: str, requests: list[Request], rate: float, seed: int, re
 async def send_one(client, url: str, r: Request) -> None:
     headers = {"content-type": r.content_type} if r.content_type else {}
     started = time.perf_counter()
+
+    async def trace(event: str, _info: dict) -> None:  # httpcore's hook, at each step of the exchange
+        if event == "http11.send_request_body.complete":
+            r.sent_at = time.perf_counter()
+
     try:
-        reply = await client.post(url + "/", content=r.body, headers=headers)
+        reply = await client.post(url + "/", content=r.body, headers=headers, extensions={"trace": trace})
     except Exception as exc:  # no answer: lost, unless the server never took the request
         r.error = type(exc).__name__
         return
@@ -199,14 +206,17 @@ def check_sample(requests: list[Request], device: str, progress) -> dict:
 
 
 def summarize(requests: list[Request], samples: ResourceSamples, sample_check: dict,
-              duration_s: float, stopped: bool = False) -> dict:
+              duration_s: float, sigterm_at: float | None = None) -> dict:
     by_status: dict[str, int] = {}
     for r in requests:
         by_status[str(r.status)] = by_status.get(str(r.status), 0) + 1
     stayed = [r for r in requests if r.kind != "leaver"]
-    # After a SIGTERM the server takes no new connection: a request that could not connect was
-    # never in flight. Otherwise a refused connection is a request lost like any other.
-    not_accepted = {r.seq for r in stayed if r.status is None and r.error == "ConnectError" and stopped}
+    # In flight at a SIGTERM: a request whose body was all sent before it. One sent after it may be
+    # refused at connect, or reset: a connection the kernel took into the listen backlog after the
+    # server's last accept is reset when the listener closes, whatever the server does (TCP has no
+    # way to refuse it more kindly). Without a SIGTERM a request that got no answer is lost.
+    not_accepted = {r.seq for r in stayed if r.status is None and sigterm_at is not None
+                    and (r.sent_at is None or r.sent_at > sigterm_at)}
     lost = [r.seq for r in stayed if r.status is None and r.seq not in not_accepted]
     lost_set = set(lost)
     unexpected = [(r.seq, r.kind, r.status) for r in stayed
@@ -293,7 +303,7 @@ def soak(variant: str = "thread_offloaded", server_args: dict | list | None = No
         manifest = bench.base_manifest() | {"soak": {"requests": requests, "rate": rate, "seed": setup.seed,
                                                      "sigterm_after": sigterm_after}}
     sample_check = check_sample(batch, settings["device"], progress)
-    summary = summarize(batch, samples, sample_check, duration_s, stopped=bool(sigterm)) | {
+    summary = summarize(batch, samples, sample_check, duration_s, sigterm.get("at")) | {
         "variant": variant, "rate": rate, "settings": settings}
     if sigterm:
         summary["sigterm"] = {"after_requests": len(batch), "exit_s": exit_s,
@@ -347,6 +357,7 @@ def describe(summary: dict) -> str:
     ]
     if "sigterm" in summary:
         lines.append(f"SIGTERM after {summary['sigterm']['after_requests']} requests: exited in "
-                     f"{summary['sigterm']['exit_s']} s")
+                     f"{summary['sigterm']['exit_s']:.1f} s; {summary['not_accepted_after_sigterm']} sent "
+                     "after it got no answer (refused, or reset from the listen backlog)")
     return "\n".join(lines)
 
