@@ -62,6 +62,7 @@ PROMISES = {
     'server shutting down': [
         'test_breaker.py::test_waiting_requests_get_503_when_the_server_shuts_down',
         'test_variants.py::test_sigterm_under_load_answers_everyone_and_exits_in_seconds',
+        'test_behaviour.py::test_shutdown_listens_on_while_connections_come_in_then_closes_within_a_bound',
     ],
     'the model loop died': [
         'test_behaviour.py::test_when_the_model_loop_dies_health_and_requests_answer_503_at_once',
