@@ -301,9 +301,6 @@ class FrontEndServer(Server):
             self.queue = self.remote  # before the first request: the app starts serving after this
             yield
 
-    async def warm_up(self) -> None:
-        pass  # the model process warms the model up; a front end only tokenizes
-
     async def prometheus(self, request: Request) -> Response:
         try:
             model_text = await self.remote.model_metrics()

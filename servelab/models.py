@@ -11,7 +11,6 @@ import json
 import logging
 import os
 import re
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -170,27 +169,6 @@ class LoadedModel:
         pads every input to the batch's longest, and the model computes the padding too."""
         lengths = self.token_lengths(texts)
         return sum(lengths), max(lengths, default=0) * len(lengths)
-
-    def longest_input(self) -> str:
-        """An input of the model's maximum length in tokens (fill-mask: its one mask included)."""
-        tokenizer = self.pipe.tokenizer
-        room = self.max_tokens - tokenizer.num_special_tokens_to_add()
-        if not self.mask_token:  # the rest is cut off where the task truncates
-            return " ".join(["word"] * room)
-        words = ["word"] * (room - 1)
-        while words and len(tokenizer(" ".join([*words, self.mask_token]))["input_ids"]) > self.max_tokens:
-            words.pop()  # fill-mask answers 400 past the maximum
-        return " ".join([*words, self.mask_token])
-
-    def warm_up(self, batch_size: int) -> float:
-        """Run the largest batch the server may run: `batch_size` inputs of the maximum length.
-        Returns its seconds. (Why: servelab.server.Server.warm_up.)"""
-        start = time.perf_counter()
-        failed = [o for o in self.predict([self.longest_input()] * batch_size) if isinstance(o, Exception)]
-        if failed:
-            raise ModelLoadError(f"{self.name} failed a batch of {batch_size} inputs of {self.max_tokens} "
-                                 f"tokens: {_first_line(failed[0])}; lower --max-batch-size")
-        return time.perf_counter() - start
 
     def predict(self, texts: list[str]) -> list[Any]:
         """One outcome per input, in order: the pipeline's output, or the exception it raised.

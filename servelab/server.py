@@ -14,7 +14,6 @@ import json
 import logging
 import math
 from collections.abc import Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -103,10 +102,6 @@ class Server:
         s = self.settings
         timeout_s = s.queue_timeout_ms / 1000 if s.queue_timeout_ms else None
         self.queue = JobQueue(s.max_queue or None, timeout_s)  # 0 turns a limit off
-        # One thread for asyncio.to_thread, so the variants that run the model off the event loop
-        # run it always in the same one: the thread that warm_up prepares.
-        asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(1, thread_name_prefix="model"))
-        await self.warm_up()
         if s.trace:
             # Opened once, before the server takes requests; closed when the loop ends.
             self._trace = open(s.trace, "a", buffering=1)  # noqa: ASYNC230, SIM115
@@ -130,24 +125,6 @@ class Server:
             await asyncio.wait([self.loop_task, lag_task], timeout=SHUTDOWN_GRACE_S)
             if self._trace:
                 self._trace.close()
-
-    async def warm_up(self) -> None:
-        """Run the largest batch this server may run, before it takes a request, in the thread
-        that runs the model (asyncio.to_thread's; the event loop's own where a variant runs
-        the model there).
-
-        glibc's malloc gives each thread a heap of its own. Fed batches of ever-new shapes, the
-        model thread's heap grew in steps over thousands of batches: RSS +5-7% after the first
-        tenth of a soak. Grown first to the largest batch, it stays put (measured in
-        results/reference/reliability-cpu-2core/). A batch too large for the device's memory also
-        fails here, at start-up, rather than under load; TEI's warm-up does the same."""
-        s = self.settings
-        batch_size = s.max_batch_size or 1  # no cap: a variant that batches what has queued
-        if s.max_batch_tokens:
-            batch_size = max(1, min(batch_size, s.max_batch_tokens // self.model.max_tokens))
-        seconds = await asyncio.to_thread(self.model.warm_up, batch_size)
-        log.info("warmed up: a batch of %d inputs of %d tokens took %.2f s",
-                 batch_size, self.model.max_tokens, seconds)
 
     def begin_shutdown(self) -> None:
         """SIGTERM: refuse new work, give queued requests a grace period, then 503 the rest."""

@@ -12,7 +12,6 @@ import time
 class FakeModel:
     task = "fake"
     mask_token = None
-    max_tokens = 10_000
 
     def __init__(self, batch_seconds: float = 0.0, crash: bool = False, cost=None):
         self.batch_seconds = batch_seconds  # how long predict() blocks, per batch
@@ -20,11 +19,10 @@ class FakeModel:
         self.crash = crash  # raise from predict itself: simulates a bug that kills the loop
         self.batches: list[tuple[float, list[str]]] = []  # (start time, inputs) per call
         self.lock = threading.Lock()
-        self.warmed_up_with: int | None = None  # the batch size Server.warm_up asked for
 
     def describe(self) -> dict:
         return {"id": "fake", "revision": None, "task": self.task, "device": "cpu", "dtype": "none",
-                "max_tokens": self.max_tokens, "truncates": False, "mask_token": None}
+                "max_tokens": 10_000, "truncates": False, "mask_token": None}
 
     def check_input(self, text: str) -> None:
         pass
@@ -47,10 +45,6 @@ class FakeModel:
         time.sleep(self.cost.seconds(len(texts), max(self.token_lengths(texts))) if self.cost
                    else self.batch_seconds)
         return [ValueError("poisoned input") if "POISON" in t else {"echo": t} for t in texts]
-
-    def warm_up(self, batch_size: int) -> float:
-        self.warmed_up_with = batch_size  # not a batch: tests count the batches clients caused
-        return 0.0
 
     @property
     def seen(self) -> list[str]:

@@ -203,16 +203,3 @@ def test_shutdown_listens_on_while_connections_come_in_then_closes_within_a_boun
     assert asyncio.run(drain_while_connecting(0)) < 0.05  # idle: one tick
     assert 0.1 <= asyncio.run(drain_while_connecting(0.1)) < 0.2  # while they come, then one tick
     assert asyncio.run(drain_while_connecting(2.0)) < 2.0  # never past the bound (it stops at 0.5)
-
-
-@pytest.mark.parametrize(("variant", "args", "largest"), [
-    ("thread_offloaded", [], 16),  # its cap
-    ("thread_offloaded", ["--max-batch-size", "4"], 4),
-    ("deadline", [], 1),  # no cap: one input
-    ("slo_aware", ["--max-batch-tokens", "30000"], 3),  # the token budget binds: 3 of 10,000 tokens
-])
-def test_the_model_is_warmed_up_with_the_largest_batch_before_the_first_request(variant, args, largest):
-    model = FakeModel()
-    with serve_in_thread(variant, args, model=model) as (url, _):
-        assert model.warmed_up_with == largest
-        assert post(url, "first").status_code == 200

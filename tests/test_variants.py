@@ -121,18 +121,6 @@ def test_concurrent_requests_each_get_the_embedding_of_their_own_input(variant, 
     cosines = (got * expected).sum(1) / (np.linalg.norm(got, axis=1) * np.linalg.norm(expected, axis=1))
     assert cosines.min() >= 0.9999, f"worst cosine {cosines.min():.6f} at input {cosines.argmin()}"
     assert log.count("servelab.models: loaded ") == 1, "the model is loaded once per server process"
-    assert "warmed up: a batch of" in log
-
-
-def test_the_warm_up_runs_inputs_of_the_models_maximum_length(default_model, tiny_fill_mask_model):
-    from servelab.models import load_model
-
-    fill_mask = load_model(str(tiny_fill_mask_model), device="cpu")
-    for model in (default_model, fill_mask):
-        text = model.longest_input()
-        model.check_input(text)  # fill-mask refuses an input past its maximum
-        assert len(model.pipe.tokenizer(text)["input_ids"]) == model.max_tokens
-        assert model.warm_up(2) > 0
 
 
 def test_fill_mask_answers_like_a_direct_call_and_rejects_bad_inputs(variant, tiny_fill_mask_model):
