@@ -193,7 +193,8 @@ def test_sigterm_under_load_answers_everyone_and_exits_in_seconds(variant):
 def test_connections_the_kernel_took_before_a_sigterm_get_an_answer_not_a_reset():
     """The kernel completes a handshake before the server accepts the connection. Stopped, the
     server accepts nothing; it gets SIGTERM and resumes with 20 requests waiting in the listen
-    backlog. Closing the listener at once would reset them all, requests and bodies included."""
+    backlog. Each must be read and answered: closing the listener first would reset them all.
+    (uvicorn accepts what is waiting before it closes; this keeps it so.)"""
     with ServerProcess("thread_offloaded") as server:
         server.process.send_signal(signal.SIGSTOP)
         sockets = []
