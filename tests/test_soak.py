@@ -34,9 +34,14 @@ def test_ten_thousand_requests_and_nothing_lost_duplicated_or_crossed(tmp_path):
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_a_sigterm_mid_soak_gives_every_request_in_flight_a_status(tmp_path):
-    _, summary = soak("thread_offloaded", DEVICE | {"max_queue": 0, "queue_timeout_ms": 0}, requests=4000,
-                      rate=500, setup=Setup(bracket=False, results_dir=tmp_path), sigterm_after=0.5,
-                      progress=None)
+    from servelab.paths import VARIANTS_DIR
+
+    variant = str(VARIANTS_DIR / "thread_offloaded.py")  # by its path, as --variant takes it too
+    run_dir, summary = soak(variant, DEVICE | {"max_queue": 0, "queue_timeout_ms": 0}, requests=4000,
+                            rate=500, setup=Setup(bracket=False, results_dir=tmp_path), sigterm_after=0.5,
+                            progress=None)
+    assert run_dir.parent == tmp_path / "runs"
+    assert "_soak_thread_offloaded" in run_dir.name
     assert summary["requests"] == 2000
     assert summary["lost"] == 0, summary["examples"]["lost"]
     assert summary["unexpected"] == 0, summary["examples"]["unexpected"]  # 200, or 503 once closing

@@ -269,7 +269,7 @@ def soak(variant: str = "thread_offloaded", server_args: dict | list | None = No
     then every request in flight must get a status, and the server must exit within 5 s."""
     setup = setup or Setup(bracket=False)
     progress = progress or (lambda *_: None)
-    run_dir = new_run_dir(setup.results_dir, f"soak_{variant}")
+    run_dir = new_run_dir(setup.results_dir, f"soak_{Path(variant).stem}")  # a variant given by its path too
     progress(f"run folder: {run_dir}")
     with Bench(variant, server_args, setup, log_dir=run_dir, progress=progress) as bench:
         if rate is None:
