@@ -17,6 +17,7 @@ import pytest
 from servelab.paths import ALL_VARIANTS, VARIANTS_DIR
 from servelab.process import ServerProcess
 from tests.conftest import breaker_off, post
+from tests.test_abuse import request_bytes, status_of
 
 WORDS = [
     "alpha", "river", "quiet", "engine", "purple", "market",
@@ -201,9 +202,7 @@ def test_connections_the_kernel_took_before_a_sigterm_get_an_answer_not_a_reset(
         try:
             for i in range(20):
                 sock = socket.create_connection(("127.0.0.1", server.port), timeout=20)
-                body = f"waiting in the backlog {i}".encode()
-                head = b"POST / HTTP/1.1\r\nHost: test\r\nContent-Length: %d\r\n\r\n" % len(body)
-                sock.sendall(head + body)
+                sock.sendall(request_bytes(f"waiting in the backlog {i}".encode()))
                 sockets.append(sock)
             server.process.send_signal(signal.SIGTERM)
         finally:
@@ -213,14 +212,14 @@ def test_connections_the_kernel_took_before_a_sigterm_get_an_answer_not_a_reset(
     assert set(statuses) <= {200, 503}, statuses
 
 
-def status_line(sock: socket.socket) -> int | str:
+def status_line(sock: socket.socket) -> int | str | None:
     """The status of the reply on `sock`, or what happened instead."""
     try:
         with sock, sock.makefile("rb") as reply:
             line = reply.readline()
     except ConnectionResetError:
         return "reset"
-    return int(line.split()[1]) if line else "closed"
+    return status_of(line) if line else "closed"
 
 
 def test_a_server_process_log_folder_goes_with_the_object():
