@@ -50,8 +50,8 @@ def test_a_sigterm_mid_soak_gives_every_request_in_flight_a_status(tmp_path):
 
 def test_the_servers_can_fix_mallocs_mmap_threshold():
     """--mmap-threshold-kb (off by default: it costs speed): large blocks get their own pages."""
+    from servelab.allocator import fix_mmap_threshold
     from servelab.cli import parse_settings
-    from servelab.server import fix_mmap_threshold
 
     assert parse_settings("deadline", "", {}, []).mmap_threshold_kb == 0
     assert parse_settings("deadline", "", {}, ["--mmap-threshold-kb", "128"]).mmap_threshold_kb == 128
@@ -74,3 +74,20 @@ def test_at_a_sigterm_only_a_request_sent_after_it_may_go_unanswered():
     assert summary["not_accepted_after_sigterm"] == 2
     without_sigterm = summarize(requests, samples, {"checked": 0, "crossed": []}, 1.0)
     assert without_sigterm["lost"] == 3
+
+
+def test_rss_growth_compares_peaks_and_splits_anonymous_from_file_backed_memory():
+    """RSS swings with each batch's working memory: the highest after the second tenth is compared
+    with the highest in it (the first tenth is warm-up). Library code paged in on first use grows
+    RSS without a leak: the summary tells it apart from the heaps' growth."""
+    from servelab.bench.soak import Request, ResourceSamples, summarize
+
+    samples = [(0, 100.0, 40.0), (1, 170.0, 80.0), (1, 200.0, 80.0), (1, 180.0, 80.0), (5, 230.0, 90.0),
+               (9, 220.0, 90.0)]  # (requests sent, RSS, file-backed RSS)
+    rows = [{"t": float(i), "sent": sent, "rss_mb": rss, "rss_file_mb": file, "fds": 10}
+            for i, (sent, rss, file) in enumerate(samples)]
+    requests = [Request(seq, "good", b"x", None, {200}, status=200) for seq in range(10)]
+    summary = summarize(requests, ResourceSamples(rows), {"checked": 0, "crossed": []}, 1.0)
+    assert (summary["rss_mb"]["peak_second_tenth"], summary["rss_mb"]["peak_after"]) == (200.0, 230.0)
+    assert summary["rss_growth_after_warm_up"] == pytest.approx(0.15)
+    assert summary["rss_growth_mb"] == pytest.approx({"anonymous": 20.0, "file_backed": 10.0})

@@ -41,7 +41,10 @@ BAD_SHARE = 0.05
 LEAVER_SHARE = 0.01
 SAMPLE_CHECKED = 200  # good answers compared exactly with a local computation
 RESOURCE_PERIOD_S = 2.0
-WARMED_UP_SHARE = 0.1  # RSS growth counts from the first sample after this share of the requests
+# RSS growth: the highest RSS after the second tenth of the requests against the highest in the
+# second tenth (the first tenth is warm-up). RSS swings by a batch's working memory as batches come
+# and go, so a peak is compared with a peak: against one sample, a swing would read as growth.
+WARMED_UP_SHARE = 0.1
 GOALS = {"lost": 0, "duplicated": 0, "crossed": 0, "unexpected": 0, "max_rss_growth": 0.05}
 
 # Bad requests: (kind, body, content type, statuses the README documents for it)
@@ -79,8 +82,12 @@ class ResourceSamples:
 
         try:
             process = psutil.Process(pid)
-            self.rows.append({"t": time.time(), "sent": sent, "rss_mb": process.memory_info().rss / 2**20,
-                              "fds": process.num_fds()})
+            memory = process.memory_info()
+            # File-backed pages (libraries' code paged in on first use) count in RSS too, but are
+            # not a leak: the kernel can drop them. psutil's `shared` is they, on Linux.
+            file_mb = getattr(memory, "shared", 0) / 2**20
+            self.rows.append({"t": time.time(), "sent": sent, "rss_mb": memory.rss / 2**20,
+                              "rss_file_mb": file_mb, "fds": process.num_fds()})
         except psutil.Error:  # the server has exited (a SIGTERM soak): nothing more to sample
             pass
 
@@ -227,7 +234,12 @@ def summarize(requests: list[Request], samples: ResourceSamples, sample_check: d
             hashes.setdefault(r.answer_hash, []).append(r.seq)
     duplicated = [seqs for seqs in hashes.values() if len(seqs) > 1]
     warm = next((s for s in samples.rows if s["sent"] >= WARMED_UP_SHARE * len(requests)), samples.rows[0])
-    rss_growth = max(s["rss_mb"] for s in samples.rows if s["t"] >= warm["t"]) / warm["rss_mb"] - 1
+    second_tenth_ends = 2 * WARMED_UP_SHARE * len(requests)
+    in_second_tenth = [s for s in samples.rows if s["t"] >= warm["t"] and s["sent"] < second_tenth_ends]
+    reference = _peak(in_second_tenth) or warm
+    after = [s for s in samples.rows if s["t"] > reference["t"] and s["sent"] >= second_tenth_ends]
+    peak = _peak(after) or reference
+    rss_growth = peak["rss_mb"] / reference["rss_mb"] - 1
     good = [r for r in requests if r.kind == "good" and r.status == 200]
     summary = {
         "requests": len(requests),
@@ -242,9 +254,13 @@ def summarize(requests: list[Request], samples: ResourceSamples, sample_check: d
         "crossed": len(sample_check["crossed"]),
         "unexpected": len(unexpected),
         "sample_checked": sample_check["checked"],
-        "rss_mb": {"start": samples.rows[0]["rss_mb"], "after_warm_up": warm["rss_mb"],
-                   "end": samples.rows[-1]["rss_mb"], "max": max(s["rss_mb"] for s in samples.rows)},
+        "rss_mb": {"start": samples.rows[0]["rss_mb"], "peak_second_tenth": reference["rss_mb"],
+                   "peak_after": peak["rss_mb"], "end": samples.rows[-1]["rss_mb"],
+                   "max": max(s["rss_mb"] for s in samples.rows)},
         "rss_growth_after_warm_up": rss_growth,
+        # Where that growth is: anonymous memory (the heaps), or file-backed pages.
+        "rss_growth_mb": {"anonymous": _anonymous_mb(peak) - _anonymous_mb(reference),
+                          "file_backed": peak.get("rss_file_mb", 0) - reference.get("rss_file_mb", 0)},
         "fds": {"start": samples.rows[0]["fds"], "after_warm_up": warm["fds"], "end": samples.rows[-1]["fds"],
                 "max": max(s["fds"] for s in samples.rows)},
         "good_p50_ms": _median([r.latency_ms for r in good]),
@@ -311,7 +327,7 @@ def soak(variant: str = "thread_offloaded", server_args: dict | list | None = No
     (run_dir / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     with (run_dir / "resources.csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["t", "sent", "rss_mb", "fds"])
+        writer = csv.DictWriter(f, fieldnames=["t", "sent", "rss_mb", "rss_file_mb", "fds"])
         writer.writeheader()
         writer.writerows(samples.rows)
     return run_dir, summary
@@ -337,6 +353,14 @@ def _exit_seconds(process, since: float) -> float | None:
     return time.perf_counter() - since
 
 
+def _peak(rows: list[dict]) -> dict | None:
+    return max(rows, key=lambda s: s["rss_mb"], default=None)
+
+
+def _anonymous_mb(sample: dict) -> float:
+    return sample["rss_mb"] - sample.get("rss_file_mb", 0)
+
+
 def _median(values):
     values = sorted(v for v in values if v is not None)
     return values[len(values) // 2] if values else None
@@ -349,9 +373,11 @@ def describe(summary: dict) -> str:
         f"{summary['by_status']}",
         f"lost {summary['lost']}, duplicated {summary['duplicated']}, crossed {summary['crossed']} "
         f"(of {summary['sample_checked']} checked exactly), unexpected statuses {summary['unexpected']}",
-        f"RSS {summary['rss_mb']['after_warm_up']:.0f} MB after warm-up -> "
-        f"max {summary['rss_mb']['max']:.0f} MB "
-        f"({summary['rss_growth_after_warm_up']:+.1%}); open fds {summary['fds']['start']} before, "
+        f"RSS peaks {summary['rss_mb']['peak_second_tenth']:.0f} MB in the second tenth -> "
+        f"{summary['rss_mb']['peak_after']:.0f} MB after "
+        f"({summary['rss_growth_after_warm_up']:+.1%}: anonymous "
+        f"{summary['rss_growth_mb']['anonymous']:+.0f} MB, file-backed "
+        f"{summary['rss_growth_mb']['file_backed']:+.0f} MB); open fds {summary['fds']['start']} before, "
         f"{summary['fds']['max']} at most, {summary['fds']['end']} after",
         "goals: " + ", ".join(f"{k} {'ok' if v else 'MISSED'}" for k, v in met.items()),
     ]
