@@ -11,8 +11,11 @@ from dataclasses import dataclass, fields
 
 import uvicorn
 
+from servelab import allocator
 from servelab.models import ModelLoadError
 from servelab.server import SHUTDOWN_GRACE_S, Server
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -26,6 +29,7 @@ class Settings:
     device: str
     online: bool
     torch_threads: int | None
+    allocator: str
     mmap_threshold_kb: int
     max_body_bytes: int
     body_timeout_s: float
@@ -65,10 +69,13 @@ def build_parser(variant: str, doc: str, defaults: dict) -> argparse.ArgumentPar
         "(default: offline, only folders and the local cache)")
     add("--torch-threads", type=int, default=None,
         help="torch intra-op threads (default: torch's own choice)")
+    add("--allocator", choices=allocator.CHOICES, default="auto",
+        help="the malloc to serve on: jemalloc holds memory flat where glibc's fragments over batches "
+        "of ever-new shapes (servelab/allocator.py); auto: jemalloc if one is installed, else glibc")
     add("--mmap-threshold-kb", type=int, default=0,
-        help="glibc's malloc gives blocks this large their own pages, returned when freed: a rare "
-        "large batch then leaves no lasting RSS growth, at a cost in speed (128: 15%% fewer answers "
-        "per second on the CPU); 0: glibc's default, which raises the threshold up to 32 MB")
+        help="with glibc's malloc: blocks this large get their own pages, returned when freed, so "
+        "a rare large batch leaves less lasting RSS growth, at a cost in speed (128: 15%% fewer "
+        "answers per second on the CPU); 0: glibc's default, which raises it up to 32 MB")
     add("--max-body-bytes", type=int, default=64 * 1024,
         help="larger bodies get 413 (the rest is read and dropped first, so that the client can read it)")
     add("--body-timeout-s", type=float, default=10.0,
@@ -120,6 +127,7 @@ def parse_settings(variant: str, doc: str, defaults: dict, argv: list[str] | Non
 def main(variant: str, doc: str, defaults: dict, build_app, argv: list[str] | None = None) -> None:
     """Parse the flags, load the model once, serve until SIGTERM or Ctrl-C."""
     settings = parse_settings(variant, doc, defaults, argv)
+    allocator.run_under(settings.allocator)  # may start this process again, under jemalloc
     log_format = "%(asctime)s %(levelname)s %(name)s: %(message)s"
     logging.basicConfig(level=settings.log_level.upper(), format=log_format)
     server = Server(variant, settings)
@@ -127,6 +135,7 @@ def main(variant: str, doc: str, defaults: dict, build_app, argv: list[str] | No
         server.load_model()
     except ModelLoadError as exc:
         sys.exit(f"error: {exc}")
+    log.info("malloc: %s (--allocator)", allocator.in_use())
     DrainingServer(uvicorn_config(build_app(server), settings), server).run()
 
 

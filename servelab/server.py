@@ -22,7 +22,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from servelab import jobs
+from servelab import allocator, jobs
 from servelab.jobs import Job, JobQueue, QueueFull, QueueTimeout, ServiceUnavailable, new_request_id
 from servelab.metrics import Metrics
 from servelab.models import BadInput
@@ -93,7 +93,7 @@ class Server:
             torch.set_num_threads(self.settings.torch_threads)
         s = self.settings
         if getattr(s, "mmap_threshold_kb", 0):
-            fix_mmap_threshold(s.mmap_threshold_kb * 1024)
+            allocator.fix_mmap_threshold(s.mmap_threshold_kb * 1024)
         self.model = load_model(s.model, s.task, s.device, s.online)
 
     @contextlib.asynccontextmanager
@@ -309,6 +309,7 @@ class Server:
             "variant": self.variant,
             "settings": asdict(self.settings),
             "model": self.model.describe(),
+            "malloc": allocator.in_use(),
             "versions": versions(SERVING, missing="not installed"),
         })
 
@@ -425,23 +426,6 @@ async def _client_disconnected(request: Request) -> None:
     """Returns when the client closes its connection (the body has already been read)."""
     while (await request.receive())["type"] != "http.disconnect":
         pass
-
-
-def fix_mmap_threshold(size: int) -> bool:
-    """Blocks of `size` bytes or more get their own pages from glibc's malloc, unmapped when freed.
-
-    glibc starts at 128 KiB but raises the threshold to the size of each large block freed, up to
-    32 MiB: after one large batch, every activation buffer below that comes from the heap, which
-    fragments and rarely shrinks, so RSS grows with the largest batches seen. Setting it fixes it
-    (mallopt(3), M_MMAP_THRESHOLD). False where the C library is not glibc."""
-    import ctypes
-
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return False
-    m_mmap_threshold = -3
-    return bool(libc.mallopt(m_mmap_threshold, size))
 
 
 def encode_json(output: Any) -> bytes:

@@ -34,7 +34,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.routing import Route
 
-from servelab import cli
+from servelab import allocator, cli
 from servelab.jobs import Job, JobQueue
 from servelab.models import ModelLoadError
 from servelab.process import pinning
@@ -281,6 +281,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     names = {f.name for f in fields(cli.Settings)}
     settings = cli.Settings(**{k: v for k, v in vars(args).items() if k in names})
+    allocator.run_under(settings.allocator)  # may start this process again (its children inherit it)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: "
                         f"[{args.role} {os.getpid()}] %(message)s")
     if args.front_ends < 1:

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -116,6 +117,8 @@ def test_concurrent_requests_each_get_the_embedding_of_their_own_input(variant, 
     with ServerProcess(variant, breaker_off(variant)) as server:
         replies = asyncio.run(post_all(server.url, bodies))
         log = server.output()
+        malloc = httpx.get(server.url + "/info").json()["malloc"]
+    assert malloc == "jemalloc", "make setup installs one (ray's); servelab/allocator.py finds it"
     assert [r.status_code for r in replies] == [200] * len(bodies)
     got = np.array([r.json() for r in replies])
     assert got.shape == (200, 384)
@@ -230,3 +233,14 @@ def test_a_server_process_log_folder_goes_with_the_object():
     del server
     gc.collect()
     assert not folder.exists()
+
+
+def test_allocator_glibc_serves_on_the_c_librarys_malloc_in_the_same_process():
+    with ServerProcess("thread_offloaded", ["--allocator", "glibc"]) as glibc:
+        on_glibc = httpx.get(glibc.url + "/info").json()["malloc"]
+    with ServerProcess("thread_offloaded", []) as auto:
+        on_auto = httpx.get(auto.url + "/info").json()["malloc"]
+        # Started again under jemalloc, not forked: the process id ServerProcess watches serves.
+        maps = Path(f"/proc/{auto.process.pid}/maps").read_text()
+    assert (on_glibc, on_auto) == ("glibc", "jemalloc")
+    assert "libjemalloc" in maps
