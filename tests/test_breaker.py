@@ -83,7 +83,9 @@ def test_queue_timeout_answers_504_on_time_while_the_model_is_busy_and_never_com
     assert busy.status_code == 200
     for latency, reply in waiting:
         assert reply.status_code == 504, reply.text
-        assert 0.08 <= latency <= 0.12, f"504 after {latency * 1000:.0f} ms, not at 100 ms"
+        # At its timeout, by a timer, not when the 1 s batch ends 0.8 s after the send. The upper
+        # bound leaves room for a loaded CI machine (120 ms was seen there); the batch is far off.
+        assert 0.08 <= latency <= 0.3, f"504 after {latency * 1000:.0f} ms, not at 100 ms"
     assert model.seen == ["the long batch"], "timed-out requests must never reach the model"
 
 

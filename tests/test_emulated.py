@@ -52,13 +52,16 @@ def test_a_profile_can_be_a_path(tmp_path):
 def test_the_launch_cpu_a_profile_measured_is_spent_busy_and_the_rest_waited(tmp_path, monkeypatch):
     path = tmp_path / "gpu.json"
     path.write_text(json.dumps({"sequence_tokens": 16, "points": [
-        {"batch_size": 1, "seconds": 0.004, "launch_cpu_seconds": 0.003},
-        {"batch_size": 64, "seconds": 0.004, "launch_cpu_seconds": 0.002}]}))
+        {"batch_size": 1, "seconds": 0.04, "launch_cpu_seconds": 0.03},
+        {"batch_size": 64, "seconds": 0.04, "launch_cpu_seconds": 0.02}]}))
     profile = Profile.load(str(path))
-    assert profile.launch_cpu_seconds(8, 16) == pytest.approx(0.003 - 0.001 * 112 / 1008)
+    assert profile.launch_cpu_seconds(8, 16) == pytest.approx(0.03 - 0.01 * 112 / 1008)
     assert Profile.load("h200-bert-base").launch_cpu_seconds(32, 16) == 0  # not measured: all wait
     model = load_model(device=f"emulated:{path}")
     model.predict(distinct_inputs(4))  # warm
+    # Warm this very shape too: the stand-in's own first run of it can take milliseconds of CPU,
+    # which count towards the launch CPU (tens of ms here, so that turns are always left).
+    model.pipe.model(input_ids=torch.ones(8, 16, dtype=torch.long))
     waits, yields = [], []
     real_sleep, real_yield = emulated.time.sleep, emulated.os.sched_yield
     monkeypatch.setattr(emulated.time, "sleep", lambda s: (waits.append(s), real_sleep(s)))
@@ -69,9 +72,9 @@ def test_the_launch_cpu_a_profile_measured_is_spent_busy_and_the_rest_waited(tmp
     busy = profile.launch_cpu_seconds(8, 16)
     assert cpu >= busy  # busy for the launch CPU, on this thread ...
     assert len(yields) > 10  # ... letting go of the GIL between short turns ...
-    assert len(waits) == 1  # ... then waiting out the rest of the 4 ms
-    assert waits[0] <= 0.004 - busy + 1e-9
-    assert 0.004 <= wall < 0.004 + 0.003
+    assert len(waits) == 1  # ... then waiting out the rest of the 40 ms
+    assert waits[0] <= 0.04 - busy + 1e-9
+    assert wall >= 0.04  # never sooner than the profile's time (how much later is the machine's load)
 
 
 def test_an_unknown_profile_is_a_clear_load_error():
