@@ -33,6 +33,7 @@ class Settings:
     mmap_threshold_kb: int
     max_body_bytes: int
     body_timeout_s: float
+    keep_alive_s: int
     max_connections: int | None
     max_queue: int | None
     queue_timeout_ms: float | None
@@ -47,6 +48,10 @@ class Settings:
     without: list[str] | None = None
 
 PLAN_PARTS = ("sizing", "sorting", "admission")
+
+# nginx's keepalive_timeout default: above the idle timeouts of common pools and proxies (an AWS
+# load balancer's is 60 s), which is what matters: https://nginx.org/r/keepalive_timeout
+KEEP_ALIVE_S = 75
 
 
 class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
@@ -80,6 +85,11 @@ def build_parser(variant: str, doc: str, defaults: dict) -> argparse.ArgumentPar
         help="larger bodies get 413 (the rest is read and dropped first, so that the client can read it)")
     add("--body-timeout-s", type=float, default=10.0,
         help="a body not received whole within this gets 408: a trickling client cannot hold a request open")
+    add("--keep-alive-s", type=int, default=KEEP_ALIVE_S,
+        help="an idle kept-alive connection is closed after this long. Longer than the idle expiry of "
+        "the clients' own pools (httpx 5 s, aiohttp 15 s, a proxy's 60 s), so that the client always "
+        "closes first: a server that closes as a request arrives resets it, and the client cannot "
+        "tell whether it was taken (uvicorn's own default, 5 s, races httpx's 5 s)")
     add("--max-connections", type=int, default=defaults.get("max_connections"),
         help="open connections at most; a request that arrives while more are open gets 503 (its body "
         "read first, so that the client reads the 503) and its connection closed (off when not given)")
@@ -142,7 +152,7 @@ def main(variant: str, doc: str, defaults: dict, build_app, argv: list[str] | No
 def uvicorn_config(app, settings: Settings, **overrides) -> uvicorn.Config:
     """uvicorn's configuration from the flags (the tests' in-thread servers use it too)."""
     options = {"host": settings.host, "port": settings.port, "log_level": settings.log_level,
-               "access_log": settings.access_log,
+               "access_log": settings.access_log, "timeout_keep_alive": settings.keep_alive_s,
                "timeout_graceful_shutdown": int(SHUTDOWN_GRACE_S) + 3}
     return uvicorn.Config(app, **options | overrides)
 

@@ -41,6 +41,9 @@ PROMISES = {
         'test_abuse.py::test_connections_past_the_limit_get_a_json_503_and_are_closed',
         'test_abuse.py::test_a_client_still_sending_its_body_reads_its_503_at_the_connection_limit',
     ],
+    'a kept-alive connection idle': [
+        'test_abuse.py::test_a_connection_idle_past_common_client_pools_expiry_is_still_open',
+    ],
     'the pipeline raises': [
         'test_behaviour.py::test_a_failing_input_fails_alone_and_the_loop_survives',
     ],
