@@ -122,8 +122,10 @@ async def send_all(url: str, requests: list[Request], rate: float, seed: int, re
     rng = random.Random(f"{seed}:soak-arrivals")
     # Before a SIGTERM, no keep-alive: each request on its own connection, so that one the server
     # never read (refused at connect) is told apart from one it dropped. On a kept-alive idle
-    # connection the two look alike: the server may close it as the request arrives, and HTTP/1.1
-    # has no way to say so (measured: 1 reset in 2,000 requests; see the issue 10 note).
+    # connection the two look alike: at a SIGTERM the server closes its idle connections, one may
+    # close as a request arrives on it, and HTTP/1.1 has no way to say so (measured: 1 reset in
+    # 2,000 requests). Without a SIGTERM the server never closes an idle connection first: its
+    # keep-alive (--keep-alive-s, 75 s) outlasts httpx's pool expiry (5 s).
     keepalive = 0 if after_last else 200
     limits = httpx.Limits(max_connections=2000, max_keepalive_connections=keepalive)
     host, port = url.removeprefix("http://").split(":")
