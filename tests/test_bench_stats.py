@@ -344,3 +344,23 @@ def test_a_length_sorted_ceiling_times_batches_of_one_length_from_the_whole_corp
     padded = {row["batch_size"]: row["mean_padded_length"] for row in sorted_rows}
     assert padded[8] < 0.8 * next(r["mean_padded_length"] for r in plain if r["batch_size"] == 8)
     assert len(plain_batches[8]) == len(seen[8]) == 50
+
+
+def test_a_step_the_load_generator_sent_late_is_measured_again_not_counted_as_a_failure(tmp_path):
+    from types import SimpleNamespace
+
+    from servelab.bench.maxrate import search
+
+    measured = []
+
+    def measure(load, step_dir):  # capacity 100/s; the first step at 80/s had a neighbour's blip
+        measured.append((load.rate, step_dir.name))
+        late = 5 if len(measured) == 2 else 0
+        return {"p99_ms_counting_errors": 10.0 if load.rate <= 100 else None, "late_sends": late,
+                "requests": 100, "achieved_rate": load.rate, "error_fraction": 0.0}
+
+    bench = SimpleNamespace(measure=measure, progress=lambda line: None, setup=SimpleNamespace(slo_ms=50))
+    result = search(bench, Load.open(rate=40, duration_s=10), tmp_path, max_steps=6, tolerance=0.05)
+    assert measured[1:3] == [(80, "01_rate_80.00"), (80, "01_rate_80.00_again")]
+    assert result["search"][1]["passed"]  # the measurement again passed: 80/s is not the bound
+    assert result["max_sustainable_rate"] >= 95
