@@ -105,8 +105,10 @@ def build_parser(variant: str, doc: str, defaults: dict) -> argparse.ArgumentPar
                           "that it is answered within this many ms of its arrival (default: 10x the "
                           "time of one input, measured at start-up)")
         plan.add_argument("--slo-headroom", type=float, default=defaults["slo_headroom"],
-                          help="plan against this share less than the objective: what a client waits "
-                          "for outside the server's view (its request read, its answer written)")
+                          help="admit against this share less than the objective: what a client waits "
+                          "for outside the server's view (its request read, its answer written), and the "
+                          "error of predicting the queue ahead. A request already admitted is given up "
+                          "only if it would miss by more than half this share")
         plan.add_argument("--max-batch-tokens", type=int, default=defaults["max_batch_tokens"],
                           help="a batch holds at most this many padded token positions (TEI's "
                           "max_batch_tokens): what bounds its memory")

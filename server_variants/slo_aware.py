@@ -65,7 +65,7 @@ class Plan:
         self.max_batch_size, self.max_batch_tokens = settings.max_batch_size, settings.max_batch_tokens
         self.parts = {"sizing", "sorting", "admission"} - set(settings.without or [])
         self.cost: OnlineCost | None = None  # measured by start()
-        self.slo_s = self.budget_s = math.inf
+        self.slo_s = self.budget_s = self.serve_budget_s = math.inf
         self.busy_until = 0.0  # when the batch being computed is predicted to end
         # Recent padded/real tokens and requests per forward pass, for admission's estimate of
         # how the queue will be cut into passes.
@@ -83,7 +83,11 @@ class Plan:
         # The plan sees a request from when its headers are read to when its answer is set; the
         # client also waits for the rest (its request read, its answer written, both slower when
         # the loop is busy refusing an overload): 15 ms of 163 at 2x on the 2-core reference CPU.
+        # Admission keeps the whole headroom: it predicts the queue ahead from averages. Once a
+        # request is in, sizing times one pass of known lengths, and keeps half: a request is
+        # given up only if it would be late even then.
         self.budget_s = self.slo_s * (1 - settings.slo_headroom)
+        self.serve_budget_s = self.slo_s * (1 - settings.slo_headroom / 2)
         if settings.queue_timeout_ms is None:  # not given: the objective is the backstop (0 is off)
             self.queue.queue_timeout_s = self.slo_s
         self.cost = OnlineCost(first)
@@ -125,7 +129,7 @@ class Plan:
         return sum(self.cost.seconds(len(part), max(j.tokens for j in part)) for part in passes)
 
     def late_even_alone(self, job: Job, now: float) -> bool:
-        return now + self.cost.seconds(1, job.tokens) > job.arrived + self.budget_s
+        return now + self.cost.seconds(1, job.tokens) > job.arrived + self.serve_budget_s
 
     def size(self, jobs: list[Job], now: float) -> tuple[int, int]:
         """Of these queued jobs, oldest first: how many of the oldest to answer 504, and how many
@@ -162,14 +166,14 @@ class Plan:
             yield size, now + self.cost.seconds(size, longest)
 
     def oldest_first(self, jobs: list[Job], now: float) -> int:
-        deadline = jobs[0].arrived + self.budget_s
+        deadline = jobs[0].arrived + self.serve_budget_s
         return max((size for size, done in self.passes_ending(jobs, now) if done <= deadline), default=0)
 
     def most_on_time(self, jobs: list[Job], now: float) -> tuple[int, int, int]:
         """(answers on time, how many of the oldest would be late, how many after them are not)."""
         best, late = (0, 0, 1), 0
         for size, done in self.passes_ending(jobs, now):
-            while late < size and jobs[late].arrived + self.budget_s < done:
+            while late < size and jobs[late].arrived + self.serve_budget_s < done:
                 late += 1  # deadlines come in queue order: the late ones are the oldest
             if size - late > best[0]:
                 best = (size - late, late, size - late)
@@ -179,7 +183,7 @@ class Plan:
         """Answers on time if jobs[late:late + size] are computed now, then the best batch of the rest."""
         batch, rest = jobs[late:late + size], jobs[late + size:]
         done = now + self.cost.seconds(size, max(job.tokens for job in batch))
-        on_time = sum(job.arrived + self.budget_s >= done for job in batch)
+        on_time = sum(job.arrived + self.serve_budget_s >= done for job in batch)
         return on_time + (self.most_on_time(rest, done)[0] if rest else 0)
 
     def split(self, jobs: list[Job]) -> list[list[Job]]:

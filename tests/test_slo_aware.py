@@ -33,7 +33,7 @@ def planned_server(a: float, k: float, slo_ms: float, args: tuple[str, ...] = ()
     server.queue = JobQueue()
     plan = slo_aware.Plan(server)
     plan.cost, plan.slo_s = OnlineCost(CostModel(a, k)), slo_ms / 1000
-    plan.budget_s = plan.slo_s  # no headroom: the cases below are computed by hand
+    plan.budget_s = plan.serve_budget_s = plan.slo_s  # no headroom: the cases below are computed by hand
     server.queue.admit = plan.admit
     return server, plan
 
@@ -66,17 +66,17 @@ def test_sizing_computes_only_answers_predicted_on_time_and_gives_up_only_the_ol
 
     def on_time_in_a_prefix(n: int) -> int:  # of the first n jobs, as one pass
         done = now + plan.cost.seconds(n, max(job.tokens for job in jobs[:n]))
-        return sum(job.arrived + plan.budget_s >= done for job in jobs[:n])
+        return sum(job.arrived + plan.serve_budget_s >= done for job in jobs[:n])
 
     allowed = [n for n in range(1, len(jobs) + 1)
                if n == 1 or n * max(job.tokens for job in jobs[:n]) <= plan.max_batch_tokens]
     if not any(on_time_in_a_prefix(n) for n in allowed):
         assert (late, size) == (0, 1)  # none can be on time: the oldest is computed alone
         return
-    assert all(job.arrived + plan.budget_s >= done for job in batch)  # no answer computed to be late
+    assert all(job.arrived + plan.serve_budget_s >= done for job in batch)  # no answer computed to be late
     # Those given up would be late in the pass of the whole prefix, which the plan times.
     prefix_done = now + plan.cost.seconds(late + size, max(job.tokens for job in jobs[:late + size]))
-    assert all(job.arrived + plan.budget_s < prefix_done for job in jobs[:late])
+    assert all(job.arrived + plan.serve_budget_s < prefix_done for job in jobs[:late])
     assert size == 1 or size * max(job.tokens for job in batch) <= plan.max_batch_tokens
 
 
@@ -114,6 +114,26 @@ def test_collect_batch_answers_504_to_the_oldest_that_would_be_late():
     assert all(isinstance(job.future.exception(), QueueTimeout) for job in old)
     assert batch == fresh  # 10 + 1 x 20 x 2 = 50 ms: all 20 fresh ones are on time
     assert left == 0
+
+
+def test_once_admitted_a_request_is_held_to_the_objective_less_half_the_headroom():
+    async def main():
+        # A 100 ms objective, headroom 0.2: admission allows 80 ms, sizing 90. A job that has
+        # waited 75 ms is answered at 75 + 10 + 2 = 87 ms if computed now: past admission's
+        # budget, within sizing's. It is computed, not given up.
+        server, plan = planned_server(a=0.010, k=0.001, slo_ms=100)
+        now = asyncio.get_running_loop().time()
+        job = server.queue.put(words(2, "waited-"), now - 0.075)  # admitted when it arrived
+        plan.budget_s, plan.serve_budget_s = 0.080, 0.090
+        batch, _ = await slo_aware.collect_batch(server.queue, plan)
+        return job, batch
+
+    job, batch = asyncio.run(main())
+    assert batch == [job]
+    assert not job.future.done()  # computed, not answered 504
+    _, plan = planned_server(a=0.010, k=0.001, slo_ms=100, args=("--slo-headroom", "0.2"))
+    asyncio.run(plan.start())  # where the two budgets come from
+    assert (plan.budget_s, plan.serve_budget_s) == (pytest.approx(0.080), pytest.approx(0.090))
 
 
 def test_split_finds_the_cheapest_cut_by_length():

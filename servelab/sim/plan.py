@@ -9,7 +9,8 @@ refusals) was not in it.
 - admission: at arrival, the predicted answer time (the batch being computed, then the queue and
   this request, padded and cut into passes as recent passes were) against the budget.
 - late alone: the oldest request, if it cannot be answered in time even by itself, gets its 504
-  at once instead of being computed.
+  at once instead of being computed. Once admitted, a request is held to the objective less half
+  the headroom, not the whole: the prediction is of one pass of known lengths.
 - sizing: the largest FIFO prefix that the oldest request's budget allows, unless giving up the
   oldest (a 504 at once) answers more on time over the next two batches.
 - sorting: the batch sorted by length and cut where a pass is worth its fixed cost.
@@ -57,7 +58,13 @@ class SloPlan:
 
     @property
     def budget_s(self) -> float:
+        """What admission allows: the objective less the whole headroom."""
         return self.slo_s * (1 - self.headroom)
+
+    @property
+    def serve_budget_s(self) -> float:
+        """What sizing allows a request already in: the objective less half the headroom."""
+        return self.slo_s * (1 - self.headroom / 2)
 
     def seconds(self, passes: Sequence[Sequence[int]]) -> float:
         """Predicted time of these passes, given as lists of token lengths."""
@@ -77,7 +84,7 @@ class SloPlan:
         return self.predicted_done(now, busy_until, queued, queued_tokens, tokens) > arrival + self.budget_s
 
     def late_even_alone(self, length: int, arrival: float, now: float) -> bool:
-        return now + self.cost.seconds(1, length) > arrival + self.budget_s
+        return now + self.cost.seconds(1, length) > arrival + self.serve_budget_s
 
     def size(self, lengths: Sequence[int], arrivals: Sequence[float], now: float) -> tuple[int, int]:
         """Of the queue (oldest first): how many of the oldest to answer 504, and how many after
@@ -101,14 +108,14 @@ class SloPlan:
             yield size, now + self.cost.seconds(size, longest)
 
     def oldest_first(self, lengths: Sequence[int], arrivals: Sequence[float], now: float) -> int:
-        deadline = arrivals[0] + self.budget_s
+        deadline = arrivals[0] + self.serve_budget_s
         return max((size for size, done in self.passes_ending(lengths, now) if done <= deadline), default=0)
 
     def most_on_time(self, lengths: Sequence[int], arrivals: Sequence[float],
                      now: float) -> tuple[int, int, int]:
         best, late = (0, 0, 1), 0
         for size, done in self.passes_ending(lengths, now):
-            while late < size and arrivals[late] + self.budget_s < done:
+            while late < size and arrivals[late] + self.serve_budget_s < done:
                 late += 1
             if size - late > best[0]:
                 best = (size - late, late, size - late)
@@ -118,7 +125,7 @@ class SloPlan:
                                late: int, size: int) -> int:
         end = late + size
         done = now + self.cost.seconds(size, max(lengths[late:end]))
-        on_time = sum(arrival + self.budget_s >= done for arrival in arrivals[late:end])
+        on_time = sum(arrival + self.serve_budget_s >= done for arrival in arrivals[late:end])
         if end == len(lengths):
             return on_time
         return on_time + self.most_on_time(lengths[end:], arrivals[end:], done)[0]
