@@ -58,7 +58,9 @@ def test_max_queue_sheds_the_excess_at_once_and_never_holds_more_than_the_limit(
     assert statuses.count(503) > len(results) / 2, "4x overload: most requests must be shed"
     shed = sorted(latency for _, latency, reply in results if reply.status_code == 503)
     p95 = shed[int(len(shed) * 0.95)]
-    assert p95 < 0.02, f"p95 time to a 503: {p95 * 1000:.1f} ms"
+    # At once: under the 50 ms batch that any queued request waits behind at least (a loaded
+    # 2-core host once crossed the 20 ms bound this had, in a full run; alone it passes).
+    assert p95 < 0.05, f"p95 time to a 503: {p95 * 1000:.1f} ms"
     for body, _, reply in results:
         if reply.status_code == 503:
             assert int(reply.headers["retry-after"]) >= 1
