@@ -47,16 +47,21 @@ def raw_exchange(url: str, data: bytes, *, read_timeout_s: float = 5.0, close_wr
 
 
 def read_one_response(sock: socket.socket) -> bytes:
-    """One response with a Content-Length, read whole from a connection left open."""
+    """One response with a Content-Length, read whole from a connection left open; fails if the
+    server closes it first."""
     received = b""
+
+    def more() -> bytes:
+        chunk = sock.recv(65536)
+        assert chunk, f"the server closed the connection after {received!r}"
+        return chunk
+
     while b"\r\n\r\n" not in received:
-        received += sock.recv(65536) or b"<closed>"
-        assert not received.endswith(b"<closed>"), received
+        received += more()
     head, body = received.split(b"\r\n\r\n", 1)
     headers = dict(line.lower().split(b":", 1) for line in head.split(b"\r\n")[1:])
-    length = int(headers[b"content-length"])
-    while len(body) < length:
-        body += sock.recv(65536)
+    while len(body) < int(headers[b"content-length"]):
+        body += more()
     return head + b"\r\n\r\n" + body
 
 
