@@ -24,7 +24,7 @@ def search(bench, load: Load, out_dir: Path, *, start_rate: float | None = None,
     def measure_at(rate: float) -> tuple[float, dict]:
         step_dir = Path(out_dir) / "steps" / f"{len(summaries):02d}_rate_{rate:.2f}"
         summary = bench.measure(load.at_rate(rate), step_dir)
-        late = summary["late_sends"] / max(1, summary["requests"])
+        late = late_share(summary)
         if late > 0.01:
             # Most often a neighbour's blip on the generator's core (at 9 requests a second, one
             # late send in a 10 s step is 1.1%): measure the rate once more before giving it up,
@@ -33,7 +33,7 @@ def search(bench, load: Load, out_dir: Path, *, start_rate: float | None = None,
                            "sends; measuring it again")
             step_dir = step_dir.with_name(step_dir.name + "_again")
             summary = bench.measure(load.at_rate(rate), step_dir)
-            late = summary["late_sends"] / max(1, summary["requests"])
+            late = late_share(summary)
         summaries.append((rate, step_dir, summary))
         p99 = summary["p99_ms_counting_errors"]
         detail = {
@@ -61,3 +61,8 @@ def search(bench, load: Load, out_dir: Path, *, start_rate: float | None = None,
         "best": best[0],
         "best_dir": best[1],
     }
+
+
+def late_share(summary: dict) -> float:
+    """The share of sends the load generator made behind its schedule."""
+    return summary["late_sends"] / max(1, summary["requests"])
