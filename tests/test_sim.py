@@ -326,3 +326,32 @@ def test_without_admission_the_plan_times_out_what_it_cannot_answer():
     outcome = simulate(arrivals, lengths, policy, CPU_LIKE, CPU_HTTP)
     assert outcome.status.count(503) == 0
     assert outcome.status.count(504) > count / 4
+
+
+def test_the_simulate_command_finds_the_highest_rate_whose_p99_meets_the_objective(tmp_path, capsys):
+    from servelab.bench.cli import main
+
+    write_calibration(tmp_path)
+
+    def found(*extra):
+        assert main(["simulate", "--results-dir", str(tmp_path), "--device", "cpu", "--variant", "slo_aware",
+                     "--slo-ms", "130", "--find-max-rate", "--requests", "3000", "--json", *extra]) == 0
+        return json.loads(capsys.readouterr().out.splitlines()[-1])
+
+    plain = found()
+    steps = plain["steps"]
+    assert steps[-1]["missed_share"] > 0.01, "the search ends at the first step past 1% missed"
+    assert all(step["missed_share"] <= 0.01 for step in steps[:-1])
+    assert plain["max_rate_x_ceiling"] == steps[-2]["x_ceiling"]
+    assert plain["max_rate"] == pytest.approx(steps[-2]["x_ceiling"] * 80.0)
+    # More of the server's own work per batch (1 ms in the calibration) leaves less for the model.
+    assert found("--server-work", "per_batch=5")["max_rate"] < plain["max_rate"]
+
+
+def test_the_simulate_command_names_the_server_work_it_can_replace(tmp_path, capsys):
+    from servelab.bench.cli import main
+
+    write_calibration(tmp_path)
+    assert main(["simulate", "--results-dir", str(tmp_path), "--device", "cpu",
+                 "--server-work", "batch=1"]) == 1
+    assert "known: per_request, per_batch" in capsys.readouterr().err

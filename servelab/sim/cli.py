@@ -4,10 +4,12 @@
     python -m servelab simulate --variant capped_batch --rates 0.25x,0.5x,1x,2x
     python -m servelab simulate --variant thread_offloaded --rates 1000 --device emulated:h200-bert-base
     python -m servelab simulate --replay results/runs/RUN [RUN ...]   # simulated beside measured
+    python -m servelab simulate --variant slo_aware --slo-ms 127 --find-max-rate [--server-work offload=0]
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import sys
@@ -18,6 +20,14 @@ from servelab.paths import RESULTS
 
 POLICY_FLAGS = (("max_wait_ms", float), ("max_batch_size", int), ("max_queue", int),
                 ("queue_timeout_ms", float))
+# --server-work: HttpCost's fields, without their _s
+SERVER_WORK = ("per_request", "per_batch", "per_refusal", "offload", "idle_extra")
+# --find-max-rate: the bench's criterion (servelab/bench/maxrate.py), p99 within the objective with
+# errors counting as misses, checked on a grid of the ceiling instead of by bisection: a simulated
+# step costs a second, and a grid shows the whole curve.
+MAX_RATE_GRID = [round(0.1 + 0.025 * i, 3) for i in range(77)]  # 0.1x to 2x
+MAX_MISSES = 0.01
+MAX_RATE_DURATION_S = 300.0  # arrivals per step: 1% of them is a few hundred misses at a CPU's rates
 
 
 def add_parser(commands, formatter) -> None:
@@ -31,13 +41,22 @@ def add_parser(commands, formatter) -> None:
     p.add_argument("--variant", default="thread_offloaded", help="whose batching policy and breaker")
     p.add_argument("--rates", default="0.25x,0.5x,1x,2x",
                    help="offered Poisson rates, comma-separated; 2x = twice the calibration's ceiling")
-    p.add_argument("--duration", type=float, default=10.0, help="seconds of arrivals per rate")
+    mode.add_argument("--find-max-rate", action="store_true",
+                      help="the highest rate, on a grid of 0.025x the ceiling, whose p99 (errors counting as "
+                           "misses) meets --slo-ms, as the bench's --find-max-rate judges a measured step")
+    p.add_argument("--duration", type=float, default=None,
+                   help=f"seconds of arrivals per rate (default: 10; "
+                        f"{MAX_RATE_DURATION_S:.0f} with --find-max-rate)")
     p.add_argument("--requests", type=int, default=None, help="a number of arrivals instead of --duration")
     for name, kind in POLICY_FLAGS:
         p.add_argument("--" + name.replace("_", "-"), type=kind, default=None,
                        help="as the server's flag (default: the variant's own; 0 turns a limit off)")
     p.add_argument("--device", default="auto", help="whose calibration: cpu, cuda, emulated:NAME")
     p.add_argument("--calibration", type=Path, default=None, help="a calibration file (default: by --device)")
+    p.add_argument("--server-work", default=None, metavar="NAME=MS,...",
+                   help="replace the calibration's figures for the server's own work, in ms; names: "
+                        f"{', '.join(SERVER_WORK)}. For example per_batch=0,offload=0: what the policy "
+                        "would do with no work per batch besides the pipeline call")
     p.add_argument("--slo-ms", type=float, default=100.0, help="latency objective for goodput")
     p.add_argument("--seed", type=int, default=0, help="seeds arrivals and inputs")
     p.add_argument("--results-dir", type=Path, default=RESULTS, help="where results/sim goes")
@@ -61,12 +80,31 @@ def main(args) -> int:
             cal = None  # each run's own device
         else:
             cal = Calibration.find(args.device, args.results_dir)
+        if args.server_work:
+            if cal is None:
+                raise ValueError("--server-work needs one calibration: give --device or --calibration")
+            cal = with_server_work(cal, args.server_work)
     except (FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     if args.replay:
         return _replay(args, cal)
     return _simulate(args, cal)
+
+
+def with_server_work(cal, spec: str):
+    """`cal` with some of its server's-own-work figures replaced: spec is NAME=MS,... (SERVER_WORK)."""
+    changes = {}
+    for item in spec.split(","):
+        name, _, value = item.partition("=")
+        name = name.strip()
+        if name not in SERVER_WORK:
+            raise ValueError(f"--server-work: unknown {name!r}; known: {', '.join(SERVER_WORK)}")
+        try:
+            changes[f"{name}_s"] = float(value) / 1000
+        except ValueError:
+            raise ValueError(f"--server-work: {item!r} is not NAME=MS (milliseconds)") from None
+    return dataclasses.replace(cal, http=dataclasses.replace(cal.http, **changes))
 
 
 def _simulate(args, cal) -> int:
@@ -90,14 +128,17 @@ def _simulate(args, cal) -> int:
         print(f"{args.variant}: {json.dumps(policy.describe())}")
     tokens = corpus_token_lengths()
     words = [len(t.split()) for t in load_prompts()]
+    population = [length_of(w, tokens) for w in words]
+    if args.find_max_rate:
+        return _find_max_rate(args, cal, policy, population)
     for spec in args.rates.split(","):
         try:
             rate = parse_rate(spec, ceiling)
         except (SweepError, ValueError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
-        arrivals, lengths = poisson_arrivals(rate, args.duration, args.requests, args.seed,
-                                             [length_of(w, tokens) for w in words])
+        arrivals, lengths = poisson_arrivals(rate, args.duration or 10.0, args.requests, args.seed,
+                                             population)
         started = time.perf_counter()
         outcome = simulate(arrivals, lengths, policy, cal.cost, cal.http)
         simulated_s = time.perf_counter() - started
@@ -106,6 +147,58 @@ def _simulate(args, cal) -> int:
             print(json.dumps(summary))
         else:
             print(_describe(spec, summary, ceiling))
+    return 0
+
+
+def missed_share(arrivals: list[float], lengths: list[int], policy, cal, slo_s: float) -> tuple[float, dict]:
+    """Of these requests simulated: the share not answered 200 within slo_s, and the summary."""
+    from servelab.sim.engine import simulate
+    from servelab.sim.summary import summarize
+
+    outcome = simulate(arrivals, lengths, policy, cal.cost, cal.http)
+    missed = sum(1 for status, latency in zip(outcome.status, outcome.latency_s, strict=True)
+                 if status != 200 or latency > slo_s)
+    return missed / max(1, len(arrivals)), summarize(outcome, slo_s * 1000)
+
+
+def find_max_rate(policy, cal, population: list[int], slo_s: float, *,
+                  duration_s: float = MAX_RATE_DURATION_S, requests: int | None = None, seed: int = 0,
+                  progress=None) -> dict:
+    """The grid's steps from the bottom up to the first whose misses exceed 1%, and the highest
+    step below it: the rate sustained with p99 within slo_s."""
+    ceiling = cal.data["ceiling"]["ceiling_seq_per_s"]
+    steps, best = [], None
+    for x in MAX_RATE_GRID:
+        arrivals, lengths = poisson_arrivals(x * ceiling, duration_s, requests, seed, population)
+        share, summary = missed_share(arrivals, lengths, policy, cal, slo_s)
+        step = {"x_ceiling": x, "rate": x * ceiling, "requests": len(arrivals), "missed_share": share,
+                "p99_ms": summary["latency_ms"]["p99"], "mean_batch_size": summary["mean_batch_size"]}
+        steps.append(step)
+        if progress:
+            progress(step)
+        if share > MAX_MISSES:
+            break
+        best = step
+    return {"ceiling_seq_per_s": ceiling, "slo_ms": slo_s * 1000, "max_rate": best and best["rate"],
+            "max_rate_x_ceiling": best and best["x_ceiling"], "steps": steps}
+
+
+def _find_max_rate(args, cal, policy, population: list[int]) -> int:
+    def show(step):
+        if not args.json:
+            print(f"  {step['x_ceiling']:5.3f}x ({step['rate']:7.1f}/s): {step['missed_share']:6.2%} missed, "
+                  f"p99 {step['p99_ms'] or 0:7.1f} ms, mean batch {step['mean_batch_size'] or 0:4.2f}")
+
+    found = find_max_rate(policy, cal, population, args.slo_ms / 1000,
+                          duration_s=args.duration or MAX_RATE_DURATION_S, requests=args.requests,
+                          seed=args.seed, progress=show)
+    if args.json:
+        print(json.dumps(found))
+    elif found["max_rate"] is None:
+        print(f"no step met the objective: {found['steps'][0]['missed_share']:.2%} missed at the lowest")
+    else:
+        print(f"max rate with p99 <= {args.slo_ms:g} ms (errors as misses): {found['max_rate']:.1f}/s "
+              f"= {found['max_rate_x_ceiling']:.3f}x the ceiling ({found['ceiling_seq_per_s']:.1f} seq/s)")
     return 0
 
 
