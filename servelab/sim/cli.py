@@ -57,7 +57,8 @@ def add_parser(commands, formatter) -> None:
                    help="replace the calibration's figures for the server's own work, in ms; names: "
                         f"{', '.join(SERVER_WORK)}. For example per_batch=0,offload=0: what the policy "
                         "would do with no work per batch besides the pipeline call")
-    p.add_argument("--slo-ms", type=float, default=100.0, help="latency objective for goodput")
+    p.add_argument("--slo-ms", type=float, default=100.0,
+                   help="latency objective: for goodput, --find-max-rate, and slo_aware's plan")
     p.add_argument("--seed", type=int, default=0, help="seeds arrivals and inputs")
     p.add_argument("--results-dir", type=Path, default=RESULTS, help="where results/sim goes")
     p.add_argument("--json", action="store_true", help="print the summaries as JSON lines")
