@@ -24,10 +24,10 @@ demo: $(STAMP)  ## start deadline.py on the default model, query it, stop it
 lint: $(STAMP)  ## ruff, with the rules chosen in pyproject.toml
 	$(VENV)/bin/ruff check .
 
-test: lint  ## ruff, then the test suite, notebooks in quick mode included (CPU, offline, about 24 minutes)
+test: lint  ## ruff, then the test suite, notebooks in quick mode included (CPU, offline; 25-40 minutes on 2 cores, by host)
 	$(PY) -m pytest
 
-test-fast: lint  ## ruff, then the tests without the slow ones (no notebook execution; about 3 minutes)
+test-fast: lint  ## ruff, then the tests without the slow ones (no notebook execution; 5-10 minutes on 2 cores)
 	$(PY) -m pytest -m "not slow"
 
 lab: $(STAMP)  ## open the walkthrough notebooks in JupyterLab

@@ -1,7 +1,7 @@
 """The walkthrough notebooks: committed clean and in sync with their .py twins, and each one
 runs top to bottom in quick mode (SERVELAB_QUICK=1) in a kernel of this interpreter.
 
-The quick runs start real servers and Locust: about 15 minutes for all eight on 2 cores.
+The quick runs start real servers and Locust: about 25 minutes for all eight on 2 cores.
 """
 
 from __future__ import annotations
