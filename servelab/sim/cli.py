@@ -151,27 +151,20 @@ def _simulate(args, cal) -> int:
     return 0
 
 
-def missed_share(arrivals: list[float], lengths: list[int], policy, cal, slo_s: float) -> tuple[float, dict]:
-    """Of these requests simulated: the share not answered 200 within slo_s, and the summary."""
-    from servelab.sim.engine import simulate
-    from servelab.sim.summary import summarize
-
-    outcome = simulate(arrivals, lengths, policy, cal.cost, cal.http)
-    missed = sum(1 for status, latency in zip(outcome.status, outcome.latency_s, strict=True)
-                 if status != 200 or latency > slo_s)
-    return missed / max(1, len(arrivals)), summarize(outcome, slo_s * 1000)
-
-
 def find_max_rate(policy, cal, population: list[int], slo_s: float, *,
                   duration_s: float = MAX_RATE_DURATION_S, requests: int | None = None, seed: int = 0,
                   progress=None) -> dict:
     """The grid's steps from the bottom up to the first whose misses exceed 1%, and the highest
     step below it: the rate sustained with p99 within slo_s."""
+    from servelab.sim.engine import simulate
+    from servelab.sim.summary import summarize
+
     ceiling = cal.data["ceiling"]["ceiling_seq_per_s"]
     steps, best = [], None
     for x in MAX_RATE_GRID:
         arrivals, lengths = poisson_arrivals(x * ceiling, duration_s, requests, seed, population)
-        share, summary = missed_share(arrivals, lengths, policy, cal, slo_s)
+        summary = summarize(simulate(arrivals, lengths, policy, cal.cost, cal.http), slo_s * 1000)
+        share = 1 - summary["goodput_fraction"]  # not answered 200 within the objective
         step = {"x_ceiling": x, "rate": x * ceiling, "requests": len(arrivals), "missed_share": share,
                 "p99_ms": summary["latency_ms"]["p99"], "mean_batch_size": summary["mean_batch_size"]}
         steps.append(step)
