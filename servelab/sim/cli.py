@@ -25,6 +25,7 @@ SERVER_WORK = ("per_request", "per_batch", "per_refusal", "offload", "idle_extra
 # --find-max-rate: the bench's criterion (servelab/bench/maxrate.py), p99 within the objective with
 # errors counting as misses, checked on a grid of the ceiling instead of by bisection: a simulated
 # step costs a second, and a grid shows the whole curve.
+DURATION_S = 10.0  # arrivals per rate, by default
 MAX_RATE_GRID = [round(0.1 + 0.025 * i, 3) for i in range(77)]  # 0.1x to 2x
 MAX_MISSES = 0.01
 MAX_RATE_DURATION_S = 300.0  # arrivals per step: 1% of them is a few hundred misses at a CPU's rates
@@ -45,7 +46,7 @@ def add_parser(commands, formatter) -> None:
                       help="the highest rate, on a grid of 0.025x the ceiling, whose p99 (errors counting as "
                            "misses) meets --slo-ms, as the bench's --find-max-rate judges a measured step")
     p.add_argument("--duration", type=float, default=None,
-                   help=f"seconds of arrivals per rate (default: 10; "
+                   help=f"seconds of arrivals per rate (default: {DURATION_S:.0f}; "
                         f"{MAX_RATE_DURATION_S:.0f} with --find-max-rate)")
     p.add_argument("--requests", type=int, default=None, help="a number of arrivals instead of --duration")
     for name, kind in POLICY_FLAGS:
@@ -138,7 +139,7 @@ def _simulate(args, cal) -> int:
         except (SweepError, ValueError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
-        arrivals, lengths = poisson_arrivals(rate, args.duration or 10.0, args.requests, args.seed,
+        arrivals, lengths = poisson_arrivals(rate, args.duration or DURATION_S, args.requests, args.seed,
                                              population)
         started = time.perf_counter()
         outcome = simulate(arrivals, lengths, policy, cal.cost, cal.http)
