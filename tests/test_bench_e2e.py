@@ -59,7 +59,10 @@ def test_run_writes_manifest_requests_and_a_sane_summary(tmp_path):
     assert summary["busy_seq_per_s"] > summary["achieved_rate"]
     assert 0 <= summary["padding_share"] < 0.9
     assert 0 < summary["loadgen_cpu_share"] < 1
-    assert summary["model_busy_fraction"] < summary["server_cpu_share"] < 1.2  # model time is server CPU
+    # The model's compute is CPU work in the server, so the server's share covers most of it. Not
+    # all: compute is timed on the wall clock, and on a VM the time the hypervisor takes (steal)
+    # counts there but not as the process's CPU time (CI saw 0.34 busy against 0.32 CPU).
+    assert 0.8 * summary["model_busy_fraction"] < summary["server_cpu_share"] < 1.2
     # The server's memory: one process holding the model (90 MB of weights, torch, the tokenizer).
     assert summary["server_memory"]["processes"] == 1
     assert 150 < summary["server_memory"]["pss_mb"] <= summary["server_memory"]["rss_mb"] < 3000
