@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+import runpy
 import statistics
 
 import pytest
@@ -12,7 +13,7 @@ import pytest
 from servelab.bench import stats
 from servelab.costmodel import BatchCost, CostModel, batch_cost_fit
 from servelab.emulated import Profile
-from servelab.paths import ALL_VARIANTS, VARIANTS_DIR
+from servelab.paths import ALL_VARIANTS, REPO, VARIANTS_DIR
 from servelab.sim import Policy, simulate
 from servelab.sim.calibration import offload_seconds, solve_http
 from servelab.sim.engine import HttpCost
@@ -198,6 +199,17 @@ def test_the_thread_hand_over_is_what_an_offloaded_run_spent_beyond_a_blocking_o
     assert offload_seconds(run, cost, http) == pytest.approx(0.0005)
     # Faster than blocking: the loop got work done during the wait; the figure says how much.
     assert offload_seconds(run | {"span_s": 0.3}, cost, http) == pytest.approx(-0.0005)
+
+
+def test_capacity_counts_the_servers_own_work_beside_each_of_the_ceilings_batches():
+    capacity = runpy.run_path(str(REPO / "results/reference/slo-cpu-2core/capacity.py"))
+    # 50 batches of 2 in 1 s: 20 ms each, and the server's own 2 + 1 + 2 x 1 ms beside it.
+    calibration = {"http": {"per_batch_s": 0.002, "offload_s": 0.001, "per_request_s": 0.001},
+                   "ceiling": {"ceiling_seq_per_s": 50.0, "by_batch_size": [
+                       {"batch_size": 2, "sequences": 100, "seconds": 1.0, "seq_per_s": 100.0}]}}
+    (row,) = capacity["capacity_by_batch_size"](calibration)
+    assert row["server_seq_per_s"] == pytest.approx(2 / 0.025)
+    assert row["x_ceiling"] == pytest.approx(80 / 50)
 
 
 def test_refusals_cost_the_servers_core():
