@@ -182,9 +182,9 @@ class LoadedModel:
         pads every input to the batch's longest, and the model computes the padding too.
 
         If the last predict() ran these very texts, what its forward passes were given: no
-        second tokenizer pass, which costs about 100 us an input on the 2-core reference CPU and
-        runs on the server's event loop (a tenth of its core at 600 answers/s on the emulated
-        H200). A batch retried item by item counts what was computed: each input unpadded."""
+        second tokenizer pass, which costs 40-130 us an input on the 2-core hosts here and runs
+        on the server's event loop (8% of its core at 600 answers/s on the emulated H200). A
+        batch retried item by item counts every forward pass that ran, the failed one too."""
         if texts == self._computed_for and self._computed[1]:
             return self._computed[0], self._computed[1]
         lengths = self.token_lengths(texts)
