@@ -117,19 +117,20 @@ class LoadedModel:
     call_kwargs: dict = field(default_factory=dict)
     emulated: Any = None  # the servelab.emulated.Profile whose waits replace the forward pass
     chars_per_token: float = 4.0  # estimate_tokens' ratio, until exact counts have taught it better
-    # (real, padded) tokens of the forward passes of the predict() call running or last run, read
-    # from the attention masks the pipeline gave the model, and the texts of that call.
-    _computed: list[int] = field(default_factory=lambda: [0, 0], repr=False)
-    _computed_for: list[str] | None = field(default=None, repr=False)
+    # The attention masks the pipeline gave the model during the predict() call running (None
+    # outside one), and, once it returned, that call's texts and masks, for token_counts.
+    _masks: list | None = field(default=None, repr=False)
+    _last_batch: tuple[list[str], list] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
-        self.pipe.model.register_forward_pre_hook(self._count_tokens, with_kwargs=True)
+        self.pipe.model.register_forward_pre_hook(self._keep_mask, with_kwargs=True)
 
-    def _count_tokens(self, module: Any, args: tuple, kwargs: dict) -> None:
+    def _keep_mask(self, module: Any, args: tuple, kwargs: dict) -> None:
+        # A reference only: summing it here would make a GPU wait for the mask's copy before the
+        # forward pass is even queued. A model called without one is counted by the tokenizer.
         mask = kwargs.get("attention_mask")
-        if mask is not None:  # a model called without one is counted by token_counts' own tokenizer pass
-            self._computed[0] += int(mask.sum())
-            self._computed[1] += mask.numel()
+        if self._masks is not None and mask is not None:
+            self._masks.append(mask)
 
     @property
     def dtype(self) -> str:
@@ -185,8 +186,9 @@ class LoadedModel:
         second tokenizer pass, which costs 40-130 us an input on the 2-core hosts here and runs
         on the server's event loop (8% of its core at 600 answers/s on the emulated H200). A
         batch retried item by item counts every forward pass that ran, the failed one too."""
-        if texts == self._computed_for and self._computed[1]:
-            return self._computed[0], self._computed[1]
+        if self._last_batch and self._last_batch[1] and texts == self._last_batch[0]:
+            masks = self._last_batch[1]
+            return sum(int(mask.sum()) for mask in masks), sum(mask.numel() for mask in masks)
         lengths = self.token_lengths(texts)
         return sum(lengths), max(lengths, default=0) * len(lengths)
 
@@ -196,9 +198,13 @@ class LoadedModel:
         Never raises for a bad input: if the batched call fails, each input is retried alone,
         so one poisoned request fails by itself and its batch-mates still get their answers.
         """
-        self._computed[:], self._computed_for = [0, 0], None
-        outcomes = _each_alone_on_failure(self._call, texts)
-        self._computed_for = list(texts)
+        masks = self._masks = []
+        self._last_batch = None
+        try:
+            outcomes = _each_alone_on_failure(self._call, texts)
+        finally:
+            self._masks = None
+        self._last_batch = (list(texts), masks)
         return outcomes
 
     def predict_encoded(self, inputs: list[dict[str, list[int]]]) -> list[Any]:
