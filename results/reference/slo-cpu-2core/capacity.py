@@ -25,8 +25,9 @@ def capacity_by_batch_size(calibration: dict) -> list[dict]:
         b = point["batch_size"]
         batch_s = point["seconds"] * b / point["sequences"]
         busy_s = batch_s + own["per_batch_s"] + own["offload_s"] + b * own["per_request_s"]
+        sustained = b / busy_s
         rows.append({"batch_size": b, "pipeline_seq_per_s": point["seq_per_s"],
-                     "server_seq_per_s": b / busy_s, "x_ceiling": b / busy_s / ceiling})
+                     "server_seq_per_s": sustained, "x_ceiling": sustained / ceiling})
     return rows
 
 
